@@ -1,0 +1,115 @@
+"""The buffer governor: how much memory the event buffers may use right now.
+
+This module owns the adaptive capacity of the in-memory buffers and the rules
+that keep them inside `[buffer] budget_bytes`:
+
+- capacity grows with demand while a spike fills the buffers, up to the budget
+  and never beyond;
+- a slice of the budget (`critical_reserve_bytes`) is only for critical events,
+  so a buffer full of low-priority data never delays an alert: non-critical
+  classes must leave it free (the loop spills or evicts them first);
+- after `shrink_after_s` without growth, capacity falls back towards what is in
+  use and the pooled chunks above it are released, so the shrink shows in RSS.
+
+Pure: the loop passes `now` and the byte counts in and applies the decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+# Headroom kept above what is in use when shrinking: a quiet agent that gets a
+# small burst should not have to mmap fresh chunks for it.
+SHRINK_HEADROOM = 1.25
+
+
+class GovernorState(str, enum.Enum):
+    GROWING = "growing"
+    STEADY = "steady"
+    SHRINKING = "shrinking"
+    SPILLING = "spilling"
+    DRAINING = "draining"
+
+
+@dataclasses.dataclass(frozen=True)
+class GovernorStats:
+    capacity_bytes: int
+    budget_bytes: int
+    critical_reserve_bytes: int
+    state: GovernorState
+
+
+class BufferGovernor:
+    def __init__(
+        self,
+        budget_bytes: int,
+        critical_reserve_bytes: int,
+        shrink_after_s: float,
+        floor_bytes: int,
+    ) -> None:
+        if not 0 <= critical_reserve_bytes < budget_bytes:
+            raise ValueError("critical reserve must be smaller than the budget")
+        self.budget_bytes = budget_bytes
+        self.critical_reserve_bytes = critical_reserve_bytes
+        self.shrink_after_s = shrink_after_s
+        self.floor_bytes = min(floor_bytes, budget_bytes)
+        self.capacity_bytes = self.floor_bytes
+        self._last_growth: float | None = None
+        self._shrunk_at: float | None = None
+        self.state = GovernorState.STEADY
+
+    @property
+    def noncritical_limit(self) -> int:
+        """In-memory bytes the non-critical classes may hold together."""
+        return self.budget_bytes - self.critical_reserve_bytes
+
+    def noncritical_excess(self, noncritical_bytes: int) -> int:
+        """Bytes non-critical classes must move out (spill or evict) to respect the reserve."""
+        return max(0, noncritical_bytes - self.noncritical_limit)
+
+    def can_admit(self, allocated_bytes: int, incoming_bytes: int) -> bool:
+        """May the loop read a batch of up to `incoming_bytes` more event bytes?"""
+        return allocated_bytes + incoming_bytes <= self.budget_bytes
+
+    def observe(
+        self,
+        now: float,
+        in_use_bytes: int,
+        allocated_bytes: int,
+        *,
+        spilling: bool = False,
+        draining: bool = False,
+    ) -> int | None:
+        """Update capacity and state. Returns how many pooled bytes to keep when
+        memory should be given back (the loop trims the pool to it), else None."""
+        trim_to: int | None = None
+        if allocated_bytes > self.capacity_bytes:
+            self.capacity_bytes = min(self.budget_bytes, allocated_bytes)
+            self._last_growth = now
+            self.state = GovernorState.GROWING
+        elif self._last_growth is None or now - self._last_growth >= self.shrink_after_s:
+            target = max(self.floor_bytes, int(in_use_bytes * SHRINK_HEADROOM))
+            if target < self.capacity_bytes and not draining:
+                self.capacity_bytes = target
+                self._shrunk_at = now
+                self._last_growth = now  # the next shrink waits another quiet period
+                trim_to = max(0, target - in_use_bytes)
+                self.state = GovernorState.SHRINKING
+            elif self._shrunk_at is None or now - self._shrunk_at >= 1.0:
+                self.state = GovernorState.STEADY
+        elif self.state is GovernorState.GROWING:
+            self.state = GovernorState.STEADY
+        if spilling:
+            self.state = GovernorState.SPILLING
+        elif draining:
+            self.state = GovernorState.DRAINING
+        return trim_to
+
+    def statistics(self) -> GovernorStats:
+        return GovernorStats(
+            capacity_bytes=self.capacity_bytes,
+            budget_bytes=self.budget_bytes,
+            critical_reserve_bytes=self.critical_reserve_bytes,
+            state=self.state,
+        )

@@ -1,0 +1,711 @@
+"""The one thread that owns all event state: sockets, class queues, spill, timers.
+
+Everything an accepted event goes through happens on this thread, in this
+order each turn:
+
+1. poll (ingest, upstream subscriptions, the PULL monitor, the signal pipe);
+2. ingest: a bounded burst of `recv(NOBLOCK)` (FACTS.md: poll once, then
+   drain without polling; a poll before every recv cut throughput ~10x),
+   decoded as one batch;
+3. make room: non-critical classes beyond `budget - critical_reserve` move to
+   their spill rings (lowest class first), or when disk is full too, the
+   oldest events of the lowest class are evicted and counted;
+4. publish: strict class order, critical first and at once, others in batches;
+5. drain: spilled events come back into memory, highest class first, while
+   there is room and the class has little in memory;
+6. timers: snapshot for the HTTP thread, governor (grow/shrink), spill flush.
+
+Promises: an event is counted exactly once as delivered, spilled-then-
+recovered, dropped (with a reason) or rejected (with a reason); critical
+events are never behind another class in our queues; nothing blocks this
+thread except the poll (and an msync, bounded by the flush interval's dirty
+data). The HTTP thread only ever sees the immutable `Snapshot` swapped in here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+import agent
+from agent.batching import BatchPolicy
+from agent.classes import CLASSES, EventClass
+from agent.codec import FrameDecoder
+from agent.governor import BufferGovernor
+from agent.http import HttpServer
+from agent.queues import CHUNK_BYTES, Chunk, ClassQueues
+from agent.settings import Settings
+from agent.spill import SpillError, SpillStore
+from agent.stats import BufferStats, ClassStats, IngestStats, Snapshot, SpillStats
+
+log = logging.getLogger("agent.loop")
+
+CRITICAL = int(EventClass.CRITICAL)
+LOWEST_FIRST = tuple(reversed(CLASSES))
+
+# One ingest burst: at most this many frames / bytes before the loop publishes
+# again. 512 frames take ~1 ms to decode, which bounds how long a critical
+# event that arrived meanwhile waits for its turn.
+INGEST_MAX_FRAMES = 512
+INGEST_MAX_BYTES = 1024 * 1024
+# Upstream sends per turn, so a deep backlog cannot starve ingest (64 x 256
+# events ~ 16k events, a few ms).
+PUBLISH_MAX_SENDS = 64
+# After XPUB_NODROP refused a send, retry this soon: libzmq reports an XPUB as
+# always writable, so there is no POLLOUT to wait for.
+BLOCKED_RETRY_S = 0.001
+IDLE_POLL_S = 0.1
+SNAPSHOT_EVERY_S = 0.25
+# Drain a class's ring while it has fewer than this many bytes in memory:
+# enough to keep the upstream busy, little enough to leave room for a spike.
+DRAIN_LOW_WATER = 4 * CHUNK_BYTES
+# SIGTERM: keep accepting until the ingest socket has been quiet this long,
+# but no longer than STOP_ACCEPT_MAX_S (INTERFACE.md, "SIGTERM").
+STOP_IDLE_S = 0.2
+STOP_ACCEPT_MAX_S = 3.0
+
+
+class StartupError(Exception):
+    """The agent cannot start: a socket cannot bind, the spill dir is unusable."""
+
+
+def next_epoch(spill_dir: str, now_ms: int) -> int:
+    """A new epoch, larger than every earlier one on this box.
+
+    Wall-clock milliseconds, but never below the last epoch + 1 recorded in the
+    spill dir: a gateway without an RTC can boot with its clock in 1970 and the
+    head-end must still see a new epoch.
+    """
+    path = os.path.join(spill_dir, "epoch")
+    last = 0
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        with open(path, encoding="ascii") as f:
+            last = int(f.read().strip() or 0)
+    epoch = max(now_ms, last + 1)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{epoch}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return epoch
+
+
+class _ClassCounters:
+    __slots__ = ("received", "delivered", "spilled", "recovered", "dropped")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.delivered = 0
+        self.spilled = 0
+        self.recovered = 0
+        self.dropped = 0
+
+
+class Agent:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stop_requested = False
+        self._state = "starting"
+        self._snapshot: Snapshot | None = None
+        self._started_wall = time.time()
+        self.http_address: tuple[str, int] | None = None
+
+    # -- public ----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    def snapshot(self) -> Snapshot:
+        snap = self._snapshot
+        assert snap is not None
+        return snap
+
+    def run(self, *, ready: callable | None = None) -> int:  # type: ignore[valid-type]
+        """Run until a stop is requested; returns the exit status (0)."""
+        with self._opened():
+            if ready is not None:
+                ready()
+            self._serve()
+            self._stop()
+        return 0
+
+    # -- start and stop --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[None]:
+        s = self.settings
+        self.store = SpillStore.open(s.spill.dir, s.spill.max_bytes)
+        try:
+            self.epoch = next_epoch(s.spill.dir, int(time.time() * 1000))
+            self.ctx = zmq.Context()
+            try:
+                self._open_sockets()
+                self._open_state()
+                self._wake_r, self._wake_w = socket.socketpair()
+                self._wake_r.setblocking(False)
+                self._wake_w.setblocking(False)
+                old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+                old_term = signal.signal(signal.SIGTERM, self._on_signal)
+                old_int = signal.signal(signal.SIGINT, self._on_signal)
+                try:
+                    self._publish_snapshot(time.monotonic())
+                    self.http = HttpServer(s.http.host, s.http.port, self.snapshot)
+                    try:
+                        self.http.start()
+                    except OSError as e:
+                        raise StartupError(str(e)) from e
+                    self.http_address = self.http.address
+                    try:
+                        self._state = "running"
+                        self._publish_snapshot(time.monotonic())
+                        log.info(
+                            "ready: agent %s epoch %d, http://%s:%d%s",
+                            s.agent.id,
+                            self.epoch,
+                            self.http_address[0],
+                            self.http_address[1],
+                            "/api/v1/gateway/backpressure",
+                        )
+                        yield
+                    finally:
+                        self.http.stop()
+                finally:
+                    signal.signal(signal.SIGTERM, old_term)
+                    signal.signal(signal.SIGINT, old_int)
+                    signal.set_wakeup_fd(old_fd)
+                    self._wake_r.close()
+                    self._wake_w.close()
+            finally:
+                self._close_sockets()
+        finally:
+            self.store.close()
+
+    def _open_sockets(self) -> None:
+        from agent.upstream import Upstream
+
+        s = self.settings
+        pull = self.ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.MAXMSGSIZE, s.ingest.max_frame_bytes)
+        pull.setsockopt(zmq.RCVHWM, s.ingest.rcvhwm)
+        pull.setsockopt(zmq.LINGER, 0)
+        self.pull = pull
+        self.monitor = pull.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            for ep in s.ingest.bind:
+                pull.bind(ep)
+            for ep in s.ingest.connect:
+                pull.connect(ep)
+            self.upstream = Upstream(self.ctx, s.upstream, agent_id=s.agent.id, epoch=self.epoch)
+        except zmq.ZMQError as e:
+            raise StartupError(f"cannot open sockets: {e}") from e
+
+    def _close_sockets(self) -> None:
+        for name in ("monitor", "pull"):
+            sock = getattr(self, name, None)
+            if sock is not None and not sock.closed:
+                if name == "pull":
+                    with contextlib.suppress(zmq.ZMQError):
+                        sock.disable_monitor()
+                sock.close(0)
+        up = getattr(self, "upstream", None)
+        if up is not None:
+            up.close()
+        self.ctx.term()
+
+    def _open_state(self) -> None:
+        s = self.settings
+        self.decoder = FrameDecoder(s.classes)
+        self.queues = ClassQueues()
+        self.governor = BufferGovernor(
+            s.buffer.budget_bytes,
+            s.buffer.critical_reserve_bytes,
+            s.buffer.shrink_after_s,
+            floor_bytes=8 * CHUNK_BYTES,
+        )
+        self.policy = BatchPolicy(
+            s.upstream.batch_max_events, s.upstream.batch_max_bytes, s.upstream.linger_ms / 1000
+        )
+        self.counters = [_ClassCounters() for _ in CLASSES]
+        self.rejected: dict[str, int] = {}
+        self.frames = 0
+        self.events_in = 0
+        self.disconnects = 0
+        self.paused = False
+        self._blocked_until = 0.0
+        self._pending_since: list[float | None] = [None] * len(CLASSES)
+        self._next_snapshot = 0.0
+        self._next_flush = 0.0
+        self._next_drop_log = 0.0
+        self._dropped_unlogged = [0] * len(CLASSES)
+        self._drain_rate = 0.0  # events/s recovered, smoothed, for the ETA
+        self._spilling = False
+        self._turned_at = time.monotonic()
+        for cls in CLASSES:
+            if self.store.pending(cls):
+                # Recovered from a previous run: new events queue behind them.
+                self.queues[cls].hold_back = True
+        stats = self.store.statistics()
+        if stats.pending_events or stats.corrupt_records:
+            log.info(
+                "spill recovery: %d events pending on disk, %d corrupt records skipped",
+                stats.pending_events,
+                stats.corrupt_records,
+            )
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stop_requested = True
+
+    # -- the loop ----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.pull, zmq.POLLIN)
+        poller.register(self.upstream.sock, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        self._poller = poller
+        while not self._stop_requested:
+            self._turn(self._poll_timeout(time.monotonic()))
+
+    def _turn(self, timeout_s: float, *, accept: bool = True) -> bool:
+        """One turn of the loop. Returns True if any frame was read."""
+        ready = dict(self._poller.poll(int(timeout_s * 1000)))
+        got = False
+        if accept and self.pull in ready and not self.paused:
+            got = self._ingest()
+        if self.upstream.sock in ready:
+            self.upstream.handle_subscriptions()
+        if self.monitor in ready:
+            self._read_monitor()
+        if self._wake_r.fileno() in ready:
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(512)
+        now = time.monotonic()
+        self._turned_at = now
+        self._make_room()
+        self._publish(now)
+        self._drain(now)
+        self._timers(now)
+        return got
+
+    def _poll_timeout(self, now: float) -> float:
+        timeout = min(IDLE_POLL_S, max(0.0, self._next_snapshot - now))
+        if self.paused:
+            # Ingest is not polled while paused; look again soon.
+            timeout = min(timeout, 0.01)
+        if self._blocked_until > now:
+            return min(timeout, self._blocked_until - now)
+        deliverable = self.upstream.deliverable
+        for cls in CLASSES:
+            q = self.queues[cls]
+            if q.front_events and deliverable[cls]:
+                since = self._pending_since[cls]
+                waited = now - since if since is not None else 0.0
+                wait = self.policy.wait_s(cls, q.front_events, q.bytes, waited)
+                if wait is not None:
+                    timeout = min(timeout, wait)
+            if q.hold_back and self._can_drain(cls):
+                timeout = 0.0
+        return timeout
+
+    # -- ingest ----------------------------------------------------------------
+
+    def _ingest(self) -> bool:
+        recv = self.pull.recv
+        more = self.pull.getsockopt
+        frames: list[bytes] = []
+        nbytes = 0
+        multipart = 0
+        for _ in range(INGEST_MAX_FRAMES):
+            try:
+                frame = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if more(zmq.RCVMORE):
+                # A multipart message is rejected whole (INTERFACE.md). Its parts
+                # arrive together, so reading the rest cannot block.
+                while more(zmq.RCVMORE):
+                    recv()
+                multipart += 1
+                continue
+            frames.append(frame)
+            nbytes += len(frame)
+            if nbytes >= INGEST_MAX_BYTES:
+                break
+        if multipart:
+            self.rejected["multipart"] = self.rejected.get("multipart", 0) + multipart
+        if not frames:
+            return multipart > 0
+        result = self.decoder.decode_frames(frames)
+        self.frames += len(frames)
+        self.events_in += result.accepted
+        for reason, n in result.rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + n
+        now = time.monotonic()
+        for cls, events in enumerate(result.events):
+            if events:
+                q = self.queues[cls]
+                q.push_many(events)
+                self.counters[cls].received += len(events)
+                if self._pending_since[cls] is None and q.front_events:
+                    self._pending_since[cls] = now
+        return True
+
+    def _read_monitor(self) -> None:
+        while True:
+            try:
+                recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # Only EVENT_DISCONNECTED is subscribed: a collector went away, or
+            # ZeroMQ dropped it for a frame over max_frame_bytes.
+            self.disconnects += 1
+
+    # -- memory: make room, spill, evict -------------------------------------------
+
+    def _noncritical_alloc(self) -> int:
+        return sum(self.queues[c].alloc_bytes for c in CLASSES if c != CRITICAL)
+
+    def _make_room(self) -> None:
+        """Keep non-critical classes out of the critical reserve and the whole
+        within budget, then decide whether ingest may read another burst."""
+        gov = self.governor
+        self._spilling = False
+        excess = gov.noncritical_excess(self._noncritical_alloc())
+        while excess > 0:
+            freed = self._spill_one(LOWEST_FIRST[:-1]) or self._evict_one()
+            if not freed:
+                break
+            excess -= freed
+        # Critical itself at the ceiling: spill critical too (oldest data stays
+        # in memory, newest goes to disk behind it).
+        incoming = INGEST_MAX_BYTES + self.settings.ingest.max_frame_bytes + 4 * CHUNK_BYTES
+        while not gov.can_admit(self.queues.pool.in_use_bytes, incoming):
+            if not (self._spill_one((CRITICAL,)) or self._evict_one()):
+                break
+        paused = not gov.can_admit(self.queues.pool.in_use_bytes, incoming)
+        if paused != self.paused:
+            self.paused = paused
+            self._poller.modify(self.pull, 0 if paused else zmq.POLLIN)
+            if paused:
+                log.warning(
+                    "buffers full (%d bytes in use, budget %d) and nothing left to spill "
+                    "or evict: not reading ingest until there is room",
+                    self.queues.pool.in_use_bytes,
+                    gov.budget_bytes,
+                )
+            else:
+                log.info("ingest resumed")
+
+    def _spill_one(self, classes: tuple[int, ...]) -> int:
+        """Move one chunk of the first class in `classes` that can spill. Returns bytes freed."""
+        for cls in classes:
+            q = self.queues[cls]
+            chunk = q.spill_candidate()
+            if chunk is None:
+                continue
+            # A copy, not a view: a view would pin the chunk's mmap open.
+            blob, ends = chunk.remaining()
+            if self.store.push_back(cls, blob, ends):
+                self.counters[cls].spilled += len(ends)
+                freed = chunk.capacity
+                q.commit_spill(chunk)
+                self._spilling = True
+                return freed
+        return 0
+
+    def _evict_one(self) -> int:
+        """Memory and disk are full: drop the oldest events of the lowest class
+        that holds any. Critical is never evicted (ingest pauses instead), so
+        it never is while a lower class holds data. Returns memory bytes freed."""
+        for cls in LOWEST_FIRST[:-1]:
+            q = self.queues[cls]
+            if not q.events:
+                continue
+            if not q.front and self.store.pending(cls):
+                # The class's oldest events are on disk (behind nothing in
+                # memory): drop them there, and move memory into the freed room.
+                n = self.store.drop_front(cls)
+                self._count_dropped(cls, n)
+                return self._spill_one((cls,))
+            chunk = q.evict_oldest()
+            assert chunk is not None
+            if chunk.token is not None:
+                self.store.release_read(cls)
+            self._count_dropped(cls, chunk.events)
+            freed = chunk.capacity
+            q.recycle(chunk)
+            return freed
+        return 0
+
+    def _count_dropped(self, cls: int, n: int) -> None:
+        self.counters[cls].dropped += n
+        # Logged once a second by _timers, not per chunk: at 500k events/s
+        # per-chunk warnings would be hundreds of lines a second.
+        self._dropped_unlogged[cls] += n
+
+    # -- publish -----------------------------------------------------------------
+
+    def _publish(self, now: float) -> None:
+        if self._blocked_until > now:
+            return
+        up = self.upstream
+        deliverable = up.deliverable
+        policy = self.policy
+        max_events = policy.max_events
+        max_bytes = policy.max_bytes
+        sends = 0
+        for cls in CLASSES:
+            q = self.queues[cls]
+            if not q.front_events or not deliverable[cls]:
+                continue
+            since = self._pending_since[cls]
+            if since is None:
+                since = self._pending_since[cls] = now
+            if not policy.due(cls, q.front_events, q.bytes, now - since):
+                continue
+            counters = self.counters[cls]
+            while q.front_events:
+                body, count = q.peek_batch(max_events, max_bytes)
+                if not up.send_batch(cls, body, count):
+                    # NODROP: every subscriber pipe is checked, so no class can
+                    # go now; critical keeps its place at the head.
+                    self._blocked_until = now + BLOCKED_RETRY_S
+                    return
+                emptied = q.consume(count)
+                if emptied is not None:
+                    # Every event of a chunk read back from disk is delivered:
+                    # only now may its ring record go.
+                    self.store.release_read(cls)
+                    q.recycle(emptied)
+                counters.delivered += count
+                sends += 1
+                if sends >= PUBLISH_MAX_SENDS:
+                    self._pending_since[cls] = now if q.front_events else None
+                    return
+                if cls != CRITICAL and not policy.due(cls, q.front_events, q.bytes, 0.0):
+                    break  # a partial batch left: it lingers from now
+            self._pending_since[cls] = now if q.front_events else None
+
+    # -- drain -----------------------------------------------------------------
+
+    def _can_drain(self, cls: int) -> bool:
+        q = self.queues[cls]
+        if q.front_bytes >= DRAIN_LOW_WATER or not self.store.pending(cls):
+            return False
+        limit = self.governor.budget_bytes
+        if cls != CRITICAL:
+            limit -= self.governor.critical_reserve_bytes
+            used = self._noncritical_alloc()
+        else:
+            used = self.queues.pool.in_use_bytes
+        return used + 2 * CHUNK_BYTES <= limit - INGEST_MAX_BYTES
+
+    def _drain(self, now: float) -> None:
+        for cls in CLASSES:
+            q = self.queues[cls]
+            if not q.hold_back:
+                continue
+            moved = 0
+            while self._can_drain(cls):
+                batch = self.store.read_next(cls)
+                if batch is None:
+                    break
+                q.push_recovered(batch.blob, batch.ends, token=True)
+                self.counters[cls].recovered += batch.count
+                moved += batch.count
+                if self._pending_since[cls] is None:
+                    self._pending_since[cls] = now
+            if not self.store.pending(cls):
+                q.merge_back()
+                if self._pending_since[cls] is None and q.front_events:
+                    self._pending_since[cls] = now
+
+    # -- timers ----------------------------------------------------------------
+
+    def _timers(self, now: float) -> None:
+        if now >= self._next_flush:
+            self.store.flush()
+            self._next_flush = now + self.settings.spill.flush_interval_ms / 1000
+        if now >= self._next_drop_log:
+            self._next_drop_log = now + 1.0
+            for cls, n in enumerate(self._dropped_unlogged):
+                if n:
+                    log.warning(
+                        "memory and spill both full: evicted %d oldest %s events",
+                        n,
+                        EventClass(cls).wire_name,
+                    )
+                    self._dropped_unlogged[cls] = 0
+        if now >= self._next_snapshot:
+            pool = self.queues.pool
+            draining = any(q.hold_back for q in self.queues.by_class)
+            keep = self.governor.observe(
+                now,
+                pool.in_use_bytes,
+                pool.allocated_bytes,
+                spilling=self._spilling,
+                draining=draining,
+            )
+            if keep is not None:
+                freed = pool.trim(keep)
+                if freed:
+                    log.info("buffers shrunk: %d bytes returned to the OS", freed)
+            self._publish_snapshot(now)
+            self._next_snapshot = now + SNAPSHOT_EVERY_S
+
+    def _publish_snapshot(self, now: float) -> None:
+        self._snapshot = self._build_snapshot(now)
+
+    def _build_snapshot(self, now: float) -> Snapshot:
+        s = self.settings
+        queues = getattr(self, "queues", None)
+        store_stats = self.store.statistics()
+        classes = []
+        for cls in CLASSES:
+            c = self.counters[cls] if queues is not None else _ClassCounters()
+            q = queues[cls] if queues is not None else None
+            per = store_stats.classes[cls]
+            classes.append(
+                ClassStats(
+                    received=c.received,
+                    queued=q.events if q else 0,
+                    queued_bytes=q.bytes if q else 0,
+                    spilled=c.spilled,
+                    pending=per.pending_events,
+                    pending_bytes=per.pending_bytes,
+                    delivered=c.delivered,
+                    dropped=c.dropped,
+                )
+            )
+        gov = self.governor.statistics() if queues is not None else None
+        pool = queues.pool if queues is not None else None
+        recovered = sum(c.recovered for c in self.counters) if queues is not None else 0
+        pending = store_stats.pending_events
+        eta = None
+        if pending and self._drain_rate > 0:
+            eta = round(pending / self._drain_rate, 1)
+        return Snapshot(
+            agent_id=s.agent.id,
+            version=agent.__version__,
+            epoch=getattr(self, "epoch", 0),
+            state=self._state,
+            started_at=self._started_wall,
+            taken_at=time.time(),
+            loop_monotonic=now,
+            classes=tuple(classes),
+            buffer=BufferStats(
+                used_bytes=queues.used_bytes if queues is not None else 0,
+                allocated_bytes=pool.allocated_bytes if pool is not None else 0,
+                capacity_bytes=gov.capacity_bytes if gov else 0,
+                budget_bytes=s.buffer.budget_bytes,
+                critical_reserve_bytes=s.buffer.critical_reserve_bytes,
+                state=gov.state.value if gov else "steady",
+            ),
+            spill=SpillStats(
+                enabled=True,
+                dir=s.spill.dir,
+                spilled_events=sum(c.spilled for c in self.counters) if queues is not None else 0,
+                pending_events=pending,
+                pending_bytes=store_stats.pending_bytes,
+                recovered_events=recovered,
+                file_bytes=store_stats.file_bytes,
+                corrupt_records=store_stats.corrupt_records,
+                flushes=store_stats.flushes,
+                drain_eta_s=eta,
+            ),
+            ingest=IngestStats(
+                frames=getattr(self, "frames", 0),
+                events=getattr(self, "events_in", 0),
+                rejected_total=sum(self.rejected.values()) if queues is not None else 0,
+                rejected_by_reason=tuple(sorted(self.rejected.items()))
+                if queues is not None
+                else (),
+                disconnects=getattr(self, "disconnects", 0),
+                paused=getattr(self, "paused", False),
+            ),
+            upstream=self.upstream.statistics(),
+        )
+
+    # -- stop --------------------------------------------------------------------
+
+    def _stop(self) -> None:
+        """SIGTERM: accept until ingest is quiet (bounded), then park everything
+        held in memory on disk, flush, and return."""
+        self._state = "stopping"
+        log.info("stopping: accepting until ingest is quiet")
+        start = last_frame = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - last_frame >= STOP_IDLE_S or now - start >= STOP_ACCEPT_MAX_S:
+                break
+            if self._turn(min(STOP_IDLE_S, self._poll_timeout(now))):
+                last_frame = time.monotonic()
+        self._poller.unregister(self.pull)
+        self.pull.close(0)
+        parked, lost = self._park_in_memory_events()
+        self.store.flush()
+        self._publish_snapshot(time.monotonic())
+        if lost:
+            log.error("stopped: %d events parked on disk, %d LOST (spill full)", parked, lost)
+        else:
+            log.info("stopped: %d events parked on disk, nothing lost", parked)
+
+    def _park_in_memory_events(self) -> tuple[int, int]:
+        """Move every event held in memory into the rings, keeping class order:
+        what sat ahead of the ring goes in front of it (newest first), what
+        queued behind it after it. Chunks read back from disk still own their
+        ring records: those are released (oldest first, as they were read) and
+        their undelivered rest is put back in front like any other."""
+        parked = lost = 0
+        for cls in CLASSES:
+            q = self.queues[cls]
+            front, back = q.drain_all()
+            for chunk in front:
+                if chunk.token is not None:
+                    self.store.release_read(cls)
+            for chunk in reversed(front):
+                n, ok = self._park(cls, chunk, front_side=True)
+                parked += n if ok else 0
+                lost += 0 if ok else n
+            for chunk in back:
+                n, ok = self._park(cls, chunk, front_side=False)
+                parked += n if ok else 0
+                lost += 0 if ok else n
+        return parked, lost
+
+    def _park(self, cls: int, chunk: Chunk, *, front_side: bool) -> tuple[int, bool]:
+        blob, ends = chunk.remaining()
+        self.queues[cls].recycle(chunk)
+        n = len(ends)
+        if not n:
+            return 0, True
+        push = self.store.push_front if front_side else self.store.push_back
+        ok = push(cls, blob, ends)
+        if ok:
+            self.counters[cls].spilled += n
+        else:
+            self.counters[cls].dropped += n
+            log.error("spill full at stop: %d %s events lost", n, EventClass(cls).wire_name)
+        return n, ok
+
+
+def run_agent(settings: Settings) -> int:
+    """Run the agent in the foreground; the CLI's `run`."""
+    try:
+        a = Agent(settings)
+    except SpillError as e:
+        raise StartupError(str(e)) from e
+    try:
+        return a.run()
+    except SpillError as e:
+        raise StartupError(str(e)) from e

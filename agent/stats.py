@@ -1,0 +1,176 @@
+"""Frozen snapshots of everything a person may ask about the agent.
+
+The loop builds a `Snapshot` from its components' `statistics()` a few times a
+second and hands it to the HTTP thread by swapping one reference; nothing else
+crosses the thread boundary. `Snapshot.to_json()` is the only place that knows
+the shape of `GET /api/v1/gateway/backpressure` (INTERFACE.md): the contract's
+fields first, then what this agent adds. Pure: the clock readings are fields,
+filled in by the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from agent.classes import CLASS_NAMES
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassStats:
+    received: int = 0  # valid events accepted since start
+    queued: int = 0  # in memory now
+    queued_bytes: int = 0
+    spilled: int = 0  # ever written to the spill rings
+    pending: int = 0  # on disk now, not yet drained back
+    pending_bytes: int = 0
+    delivered: int = 0  # handed to the upstream socket
+    dropped: int = 0  # evicted when memory and disk were both full
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferStats:
+    used_bytes: int = 0  # event bytes held in memory now
+    allocated_bytes: int = 0  # chunk memory mapped for them (>= used_bytes)
+    capacity_bytes: int = 0  # the governor's current ceiling
+    budget_bytes: int = 0  # the configured hard ceiling
+    critical_reserve_bytes: int = 0
+    state: str = "steady"  # growing | steady | shrinking | spilling | draining
+
+
+@dataclasses.dataclass(frozen=True)
+class SpillStats:
+    enabled: bool = False
+    dir: str = ""
+    spilled_events: int = 0
+    pending_events: int = 0
+    pending_bytes: int = 0
+    recovered_events: int = 0
+    file_bytes: int = 0
+    corrupt_records: int = 0  # skipped at start-up scans
+    flushes: int = 0
+    drain_eta_s: float | None = None  # None: nothing pending, or no drain rate yet
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestStats:
+    frames: int = 0
+    events: int = 0
+    rejected_total: int = 0
+    rejected_by_reason: tuple[tuple[str, int], ...] = ()
+    disconnects: int = 0  # peers dropped by ZeroMQ, e.g. for an oversize frame
+    paused: bool = False  # not reading: buffers full and nowhere to spill
+    unauthorized: int = 0  # CURVE handshakes refused (issue 5)
+
+
+@dataclasses.dataclass(frozen=True)
+class UpstreamStats:
+    subscribers: int = 0  # live subscriptions (XPUB_VERBOSER)
+    messages: int = 0
+    events: int = 0
+    blocked: int = 0  # sends refused by XPUB_NODROP (a slow subscriber)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    agent_id: str
+    version: str
+    epoch: int
+    state: str  # starting | running | stopping
+    started_at: float  # wall clock, seconds
+    taken_at: float  # wall clock, seconds
+    loop_monotonic: float  # time.monotonic() of the loop turn that built this
+    classes: tuple[ClassStats, ...]  # indexed by EventClass
+    buffer: BufferStats
+    spill: SpillStats
+    ingest: IngestStats
+    upstream: UpstreamStats
+
+    def to_json(self) -> dict[str, Any]:
+        b = self.buffer
+        s = self.spill
+        utilization = b.used_bytes / b.budget_bytes if b.budget_bytes else 0.0
+        return {
+            "buffer": {
+                "used_bytes": b.used_bytes,
+                "capacity_bytes": b.capacity_bytes,
+                "budget_bytes": b.budget_bytes,
+                "utilization": round(utilization, 6),
+                "allocated_bytes": b.allocated_bytes,
+                "critical_reserve_bytes": b.critical_reserve_bytes,
+                "state": b.state,
+            },
+            "spill": {
+                "spilled_events": s.spilled_events,
+                "pending_events": s.pending_events,
+                "pending_bytes": s.pending_bytes,
+                "recovered_events": s.recovered_events,
+                "file_bytes": s.file_bytes,
+                "enabled": s.enabled,
+                "dir": s.dir,
+                "corrupt_records": s.corrupt_records,
+                "flushes": s.flushes,
+                "drain_eta_s": s.drain_eta_s,
+                "pending_by_class": {
+                    name: {"events": c.pending, "bytes": c.pending_bytes}
+                    for name, c in zip(CLASS_NAMES, self.classes)
+                },
+            },
+            "priorities": {
+                name: {
+                    "received": c.received,
+                    "queued": c.queued,
+                    "spilled": c.spilled,
+                    "delivered": c.delivered,
+                    "dropped": c.dropped,
+                    "queued_bytes": c.queued_bytes,
+                    "pending": c.pending,
+                }
+                for name, c in zip(CLASS_NAMES, self.classes)
+            },
+            "rejected": {
+                "total": self.ingest.rejected_total,
+                "by_reason": dict(self.ingest.rejected_by_reason),
+            },
+            "ingest": {
+                "frames": self.ingest.frames,
+                "events": self.ingest.events,
+                "disconnects": self.ingest.disconnects,
+                "paused": self.ingest.paused,
+                "unauthorized": self.ingest.unauthorized,
+            },
+            "upstream": {
+                "subscribers": self.upstream.subscribers,
+                "connected": self.upstream.subscribers > 0,
+                "messages": self.upstream.messages,
+                "events": self.upstream.events,
+                "blocked": self.upstream.blocked,
+            },
+            "agent": {
+                "id": self.agent_id,
+                "version": self.version,
+                "epoch": self.epoch,
+                "state": self.state,
+                "started_at": self.started_at,
+                "taken_at": self.taken_at,
+                "uptime_s": round(self.taken_at - self.started_at, 3),
+            },
+        }
+
+
+def empty_snapshot(agent_id: str = "", version: str = "", *, now: float = 0.0) -> Snapshot:
+    """A snapshot with every counter at zero, for start-up and tests."""
+    return Snapshot(
+        agent_id=agent_id,
+        version=version,
+        epoch=0,
+        state="starting",
+        started_at=now,
+        taken_at=now,
+        loop_monotonic=0.0,
+        classes=tuple(ClassStats() for _ in CLASS_NAMES),
+        buffer=BufferStats(),
+        spill=SpillStats(),
+        ingest=IngestStats(),
+        upstream=UpstreamStats(),
+    )

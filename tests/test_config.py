@@ -1,0 +1,913 @@
+"""agent/config.py: TOML -> Settings, through the public API only.
+
+No test writes outside tmp_path, binds a port or changes shared state, so the
+file runs in parallel under pytest-xdist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.classes import CLASS_NAMES, DEFAULT_RULES, ClassRules, EventClass
+from agent.config import (
+    RELOADABLE,
+    ConfigError,
+    changed_keys,
+    load_config,
+    parse_config,
+    parse_config_text,
+)
+from agent.settings import (
+    BufferSettings,
+    CurveSettings,
+    HttpSettings,
+    IngestSettings,
+    Settings,
+    SpillSettings,
+    UpstreamSettings,
+)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
+
+# Every key, in file order: the README's key table lists exactly these.
+ALL_KEYS = [
+    "agent.id",
+    "agent.log_level",
+    "ingest.bind",
+    "ingest.connect",
+    "ingest.max_frame_bytes",
+    "ingest.rcvhwm",
+    "ingest.curve.secret_key_file",
+    "ingest.curve.allowed_keys_dir",
+    "upstream.bind",
+    "upstream.connect",
+    "upstream.batch_max_events",
+    "upstream.batch_max_bytes",
+    "upstream.linger_ms",
+    "upstream.sndhwm",
+    "upstream.sndbuf_bytes",
+    "upstream.curve.secret_key_file",
+    "upstream.curve.allowed_keys_dir",
+    "buffer.budget_bytes",
+    "buffer.critical_reserve_bytes",
+    "buffer.shrink_after_s",
+    "spill.dir",
+    "spill.max_bytes",
+    "spill.flush_interval_ms",
+    "http.bind",
+    "classes.critical",
+    "classes.high",
+    "classes.normal",
+    "classes.low",
+]
+
+
+def error_of(text: str, **kwargs: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text, **kwargs)
+    return info.value
+
+
+def doc_with(key: str, value: str, extra: str = "") -> str:
+    """A TOML document setting the dotted `key` to the TOML text `value`."""
+    table, leaf = key.rsplit(".", 1)
+    return f"[{table}]\n{leaf} = {value}\n{extra}"
+
+
+# ---------------------------------------------------------------------------
+# Defaults and the shipped files
+
+
+def test_empty_document_gives_the_contract_defaults() -> None:
+    s = parse_config({})
+    assert s == Settings()
+    assert s.ingest.bind == ("tcp://0.0.0.0:5557",)
+    assert s.ingest.max_frame_bytes == 1 * MiB
+    assert s.upstream.bind == ("tcp://0.0.0.0:5558",)
+    assert s.buffer.budget_bytes == 512 * MiB
+    assert s.spill.dir == "/var/lib/edge-agent/spill"
+    assert s.spill.max_bytes == 2 * GiB
+    assert s.http == HttpSettings("127.0.0.1", 8080)
+    assert s.classes == ClassRules(DEFAULT_RULES)
+    assert s.classes.classify("last_gasp") is EventClass.CRITICAL
+    assert s.agent.log_level == "info"
+    assert s.agent.id  # the host name
+
+
+def test_contract_example_parses_to_the_contract_values() -> None:
+    # The TOML block of INTERFACE.md, "Config file", verbatim.
+    s = parse_config_text(
+        """
+[agent]
+id = "gw-01"                        # default: the host name
+
+[ingest]                            # the PULL socket
+bind = ["tcp://0.0.0.0:5557"]       # list of endpoints; `connect = [...]` also allowed
+max_frame_bytes = 1048576           # larger frames: the peer is disconnected
+
+[upstream]                          # the PUB socket towards the head-end
+bind = ["tcp://0.0.0.0:5558"]       # list of endpoints; `connect = [...]` also allowed
+
+[buffer]
+budget_bytes = 536870912            # hard ceiling for in-memory event buffers (512 MiB)
+
+[spill]
+dir = "/var/lib/edge-agent/spill"   # spill files live here
+max_bytes = 2147483648              # all spill files together, preallocated
+
+[http]
+bind = "127.0.0.1:8080"             # host:port of the technician endpoint
+"""
+    )
+    assert s == dataclasses.replace(Settings(), agent=dataclasses.replace(s.agent, id="gw-01"))
+
+
+def test_production_config_parses_with_the_contract_values() -> None:
+    s = load_config(PACKAGING / "agent.toml")
+    assert s == Settings()  # it writes the defaults out, it changes none
+    assert s.spill.dir == "/var/lib/edge-agent/spill"
+
+
+def test_production_config_documents_every_key_with_a_valid_example() -> None:
+    # Uncomment every "# key = value" and "# [table]" line: the documented
+    # examples must be valid, and together they must name every key.
+    text = (PACKAGING / "agent.toml").read_text()
+    uncommented = re.sub(r"(?m)^# (?=[a-z_]+ = |\[[a-z_.]+\]$)", "", text)
+    s = parse_config_text(uncommented, base_dir="/etc/edge-agent")
+    doc_keys = set()
+    table = ""
+    for line in uncommented.splitlines():
+        if m := re.match(r"\[([a-z_.]+)\]", line):
+            table = m.group(1)
+        elif m := re.match(r"([a-z_]+) = ", line):
+            doc_keys.add(f"{table}.{m.group(1)}")
+    assert sorted(doc_keys) == sorted(ALL_KEYS)
+    assert s.ingest.curve.secret_key_file is not None
+
+
+def test_dev_config_stays_on_loopback_and_inside_the_checkout() -> None:
+    s = load_config(PACKAGING / "dev.toml")
+    checkout = PACKAGING.parent
+    assert s.ingest.bind == ("tcp://127.0.0.1:5557",)
+    assert s.upstream.bind == ("tcp://127.0.0.1:5558",)
+    assert s.ingest.connect == s.upstream.connect == ()
+    assert s.http == HttpSettings("127.0.0.1", 8080)
+    assert s.spill.dir == str(checkout / "var" / "spill")
+    assert s.buffer == BufferSettings()  # the default budget
+    assert s.ingest.curve == s.upstream.curve == CurveSettings()
+
+
+def test_dev_config_resolves_against_its_own_directory_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    rel = os.path.relpath(PACKAGING / "dev.toml", tmp_path)
+    assert load_config(rel).spill.dir == str(PACKAGING.parent / "var" / "spill")
+
+
+# ---------------------------------------------------------------------------
+# Every key: wrong type and out of range name the key
+
+# (key, TOML value of a wrong type, its TOML type name, out-of-range TOML values, extra lines)
+CURVE_PAIR = {
+    "secret_key_file": 'allowed_keys_dir = "/k"\n',
+    "allowed_keys_dir": 'secret_key_file = "/k/s"\n',
+}
+KEY_CASES: list[tuple[str, str, str, list[str], str]] = [
+    ("agent.id", "5", "integer", ['""', '" gw"', f'"{"x" * 256}"', '"a\\u0007b"'], ""),
+    ("agent.log_level", "1", "integer", ['"verbose"', '"INFO"', '""'], ""),
+    ("ingest.max_frame_bytes", '"1MiB"', "string", ["63", "67108865", "-1"], ""),
+    ("ingest.rcvhwm", "1.0", "float", ["0", "1000001"], ""),
+    ("upstream.batch_max_events", "true", "boolean", ["0", "65536"], ""),
+    ("upstream.batch_max_bytes", "[1024]", "array", ["1023", "16777217"], ""),
+    ("upstream.linger_ms", '"5ms"', "string", ["-1", "10001"], ""),
+    ("upstream.sndhwm", "4.0", "float", ["0", "100001"], ""),
+    ("upstream.sndbuf_bytes", "false", "boolean", ["4095", "67108865"], ""),
+    ("buffer.budget_bytes", "5e8", "float", ["4194303", "68719476737"], ""),
+    ("buffer.critical_reserve_bytes", '"16M"', "string", ["-1", "268435456"], ""),
+    ("buffer.shrink_after_s", '"10s"', "string", ["0", "0.0", "-1", "3600.5", "nan", "inf"], ""),
+    ("spill.dir", "1", "integer", ['""', '"~/spill"', '"a\\u0000b"'], ""),
+    ("spill.max_bytes", "1.5", "float", ["1048575", "0"], ""),
+    ("spill.flush_interval_ms", "true", "boolean", ["9", "60001"], ""),
+    ("http.bind", "8080", "integer", ['"127.0.0.1:65536"', '"localhost"', '"*:80"', '":80"'], ""),
+    *(
+        (f"{sock}.{ends}", '"tcp://127.0.0.1:5557"', "string", ['["udp://h:1"]', '[""]'], "")
+        for sock in ("ingest", "upstream")
+        for ends in ("bind", "connect")
+    ),
+    *(
+        (f"{sock}.curve.{key}", "1", "integer", ['""', '"~/k"'], extra)
+        for sock in ("ingest", "upstream")
+        for key, extra in CURVE_PAIR.items()
+    ),
+    *(
+        (f"classes.{name}", '"fault"', "string", ['[""]', "[1]", '[" fault"]'], "")
+        for name in CLASS_NAMES
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "wrong", "type_name", "_bad", "extra"), KEY_CASES)
+def test_wrong_type_names_the_key_and_what_was_given(
+    key: str, wrong: str, type_name: str, _bad: list[str], extra: str
+) -> None:
+    err = error_of(doc_with(key, wrong, extra), base_dir="/etc")
+    assert err.key == key
+    assert str(err).startswith(f"{key}: ")
+    assert f"got {type_name}" in err.problem or f"is {type_name}" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "extra"),
+    [(key, value, extra) for key, _w, _t, bad, extra in KEY_CASES for value in bad],
+)
+def test_out_of_range_names_the_key(key: str, value: str, extra: str) -> None:
+    err = error_of(doc_with(key, value, extra), base_dir="/etc")
+    assert err.key == key
+    assert str(err) == f"{key}: {err.problem}"
+
+
+def test_every_key_is_covered_by_the_tables_above() -> None:
+    assert sorted({case[0] for case in KEY_CASES}) == sorted(ALL_KEYS)
+
+
+def test_integer_error_message_matches_the_documented_form() -> None:
+    err = error_of("[ingest]\nmax_frame_bytes = 10\n")
+    assert str(err) == "ingest.max_frame_bytes: must be an integer between 64 and 67108864, got 10"
+
+
+def test_bool_is_not_an_integer() -> None:
+    err = error_of("[ingest]\nrcvhwm = true\n")
+    assert err.key == "ingest.rcvhwm"
+    assert "got boolean true" in str(err)
+
+
+def test_bounds_are_inclusive() -> None:
+    s = parse_config_text(
+        """
+[ingest]
+max_frame_bytes = 64
+rcvhwm = 1000000
+[upstream]
+batch_max_events = 65535
+batch_max_bytes = 1024
+linger_ms = 0
+sndhwm = 1
+sndbuf_bytes = 67108864
+[buffer]
+budget_bytes = 4194304
+critical_reserve_bytes = 2097151
+shrink_after_s = 3600
+[spill]
+max_bytes = 1048576
+flush_interval_ms = 60000
+[http]
+bind = "localhost:0"
+"""
+    )
+    assert s.ingest.max_frame_bytes == 64
+    assert s.buffer.critical_reserve_bytes == 2097151
+    assert s.http == HttpSettings("localhost", 0)
+
+
+def test_shrink_after_accepts_integers_as_seconds() -> None:
+    s = parse_config_text("[buffer]\nshrink_after_s = 5\n")
+    assert s.buffer.shrink_after_s == 5.0
+    assert isinstance(s.buffer.shrink_after_s, float)
+    assert parse_config_text("[buffer]\nshrink_after_s = 0.25\n").buffer.shrink_after_s == 0.25
+
+
+def test_critical_reserve_error_shows_both_numbers() -> None:
+    err = error_of("[buffer]\nbudget_bytes = 8388608\ncritical_reserve_bytes = 4194304\n")
+    assert err.key == "buffer.critical_reserve_bytes"
+    assert "4194304" in err.problem and "8388608" in err.problem
+
+
+def test_a_small_budget_flags_the_default_reserve_as_such() -> None:
+    err = error_of("[buffer]\nbudget_bytes = 4194304\n")
+    assert err.key == "buffer.critical_reserve_bytes"
+    assert "(the default)" in err.problem and "16777216" in err.problem
+
+
+def test_curve_needs_both_keys() -> None:
+    err = error_of('[ingest.curve]\nsecret_key_file = "/k/s"\n')
+    assert err.key == "ingest.curve.allowed_keys_dir"
+    assert "ingest.curve.secret_key_file" in err.problem
+    err = error_of('[upstream.curve]\nallowed_keys_dir = "/k"\n')
+    assert err.key == "upstream.curve.secret_key_file"
+    s = parse_config_text('[upstream.curve]\nsecret_key_file = "/k/s"\nallowed_keys_dir = "/k/"\n')
+    assert s.upstream.curve == CurveSettings("/k/s", "/k")
+    assert s.ingest.curve == CurveSettings()
+
+
+# ---------------------------------------------------------------------------
+# Unknown keys and tables
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "suggestion"),
+    [
+        ("[ingest]\nbnd = []\n", "ingest.bnd", "did you mean ingest.bind?"),
+        (
+            "[ingest]\nmax_frame_byte = 64\n",
+            "ingest.max_frame_byte",
+            "did you mean ingest.max_frame_bytes?",
+        ),
+        ("[ingset]\nbind = []\n", "ingset", "did you mean ingest?"),
+        ('[spill]\ndirectory = "/x"\n', "spill.directory", ""),
+        ("[buffer]\nmax_bytes = 5\n", "buffer.max_bytes", "did you mean spill.max_bytes?"),
+        ('id = "gw"\n', "id", "did you mean agent.id?"),
+        ("[classes]\nCritical = []\n", "classes.Critical", "did you mean classes.critical?"),
+        ('[ingest.curv]\nsecret_key_file = "/k"\n', "ingest.curv", "did you mean ingest.curve?"),
+        ("[upstream]\nzzz = 1\n", "upstream.zzz", ""),
+    ],
+)
+def test_unknown_key_is_an_error_with_a_suggestion(text: str, key: str, suggestion: str) -> None:
+    err = error_of(text)
+    assert err.key == key
+    assert err.problem.startswith("unknown ")
+    if suggestion:
+        assert err.problem.endswith(suggestion)
+    else:
+        assert "did you mean" not in err.problem
+
+
+def test_a_table_given_as_a_value_is_an_error() -> None:
+    assert error_of("agent = 1\n").key == "agent"
+    err = error_of("[ingest]\ncurve = true\n")
+    assert err.key == "ingest.curve" and "must be a table, got boolean" in err.problem
+
+
+def test_unknown_keys_are_reported_before_bad_values() -> None:
+    # The misspelt key explains why the value error would look odd.
+    err = error_of("[ingest]\nmax_frame_bytes = 1\n[upstream]\nsndhwn = 5\n")
+    assert err.key == "upstream.sndhwn"
+
+
+# ---------------------------------------------------------------------------
+# Endpoints
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "tcp://*:5557",
+        "tcp://0.0.0.0:1",
+        "tcp://192.168.1.10:65535",
+        "tcp://[::1]:5557",
+        "tcp://[::]:5557",
+        "tcp://[fe80::1%eth0]:5557",
+        "tcp://eth0:5557",
+        "tcp://collector-01.example.org:5557",
+        "ipc:///run/edge-agent/ingest.sock",
+        "ipc://@edge-agent-ingest",
+    ],
+)
+def test_valid_bind_endpoints(endpoint: str) -> None:
+    s = parse_config_text(f'[ingest]\nbind = ["{endpoint}"]\n[upstream]\nbind = ["tcp://h:1"]')
+    assert s.ingest.bind == (endpoint,)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "why"),
+    [
+        ("tcp://host", "host:port"),
+        ("tcp://:5557", "host:port"),
+        ("tcp://host:0", "port"),
+        ("tcp://host:65536", "port"),
+        ("tcp://host:*", "port"),
+        ("tcp://host:+5", "port"),
+        ("tcp://::1:5557", "brackets"),
+        ("tcp://[1.2.3.4]:5557", "IPv6"),
+        ("tcp://[::g]:5557", "IPv6"),
+        ("tcp://256.1.1.1:5557", "IPv4"),
+        ("tcp://1.2.3:5557", "IPv4"),
+        ("tcp://bad_host!:5557", "host name"),
+        ("tcp://src;dst:5557", "host name"),
+        ("ipc://", "path"),
+        ("ipc://relative.sock", "absolute"),
+        ("ipc:///" + "x" * 107, "107 bytes"),
+        ("udp://h:5557", "tcp://"),
+        ("inproc://x", "tcp://"),
+        ("TCP://h:1", "tcp://"),
+    ],
+)
+def test_invalid_endpoints_name_the_key_and_the_endpoint(endpoint: str, why: str) -> None:
+    err = error_of(f'[upstream]\nconnect = ["{endpoint}"]\n')
+    assert err.key == "upstream.connect"
+    assert endpoint in err.problem and why in err.problem
+
+
+def test_star_is_for_bind_only() -> None:
+    err = error_of('[ingest]\nconnect = ["tcp://*:5557"]\n')
+    assert err.key == "ingest.connect" and "bind" in err.problem
+
+
+def test_connect_alone_does_not_also_bind_the_default() -> None:
+    s = parse_config_text('[upstream]\nconnect = ["tcp://headend:5558"]\n')
+    assert s.upstream.bind == ()
+    assert s.upstream.connect == ("tcp://headend:5558",)
+    assert s.ingest.bind == ("tcp://0.0.0.0:5557",)
+
+
+def test_a_socket_needs_an_endpoint() -> None:
+    err = error_of("[ingest]\nbind = []\n")
+    assert err.key == "ingest.bind" and "ingest.connect" in err.problem
+    assert error_of("[upstream]\nconnect = []\n").key == "upstream.connect"
+    assert error_of("[upstream]\nbind = []\nconnect = []\n").key == "upstream.bind"
+    s = parse_config_text('[ingest]\nbind = []\nconnect = ["ipc:///run/c.sock"]\n')
+    assert s.ingest.bind == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[ingest]\nbind = ["tcp://*:1", "tcp://*:1"]', "ingest.bind"),
+        ('[ingest]\nconnect = ["tcp://H:1", "tcp://h:01"]', "ingest.connect"),
+        ('[ingest]\nbind = ["tcp://a:1"]\nconnect = ["tcp://a:1"]', "ingest.connect"),
+        ('[upstream]\nconnect = ["tcp://[::1]:9", "tcp://[0::1]:9"]', "upstream.connect"),
+        ('[upstream]\nconnect = ["ipc:///r/s", "ipc:///r/s"]', "upstream.connect"),
+    ],
+)
+def test_duplicate_endpoints_are_an_error(text: str, key: str) -> None:
+    err = error_of(text)
+    assert err.key == key
+    assert "twice" in err.problem or "also in" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[upstream]\nbind = ["tcp://0.0.0.0:5557"]', "upstream.bind"),
+        ('[upstream]\nbind = ["tcp://*:5557"]', "upstream.bind"),
+        ('[upstream]\nbind = ["tcp://127.0.0.1:5557"]', "upstream.bind"),
+        ('[ingest]\nbind = ["tcp://[::]:9", "tcp://[::1]:9"]', "ingest.bind"),
+        ('[ingest]\nbind = ["ipc:///r/s"]\n[upstream]\nbind = ["ipc:///r/s"]', "upstream.bind"),
+        ('[http]\nbind = "0.0.0.0:5558"', "http.bind"),
+        ('[http]\nbind = "[::1]:9"\n[ingest]\nbind = ["tcp://*:9"]', "http.bind"),
+    ],
+)
+def test_binds_that_the_kernel_would_refuse_are_an_error(text: str, key: str) -> None:
+    err = error_of(text)
+    assert err.key == key and "clashes" in err.problem
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[ingest]\nbind = ["tcp://127.0.0.1:9", "tcp://127.0.0.2:9"]',
+        '[ingest]\nbind = ["tcp://0.0.0.0:9", "tcp://[::1]:9"]',
+        '[ingest]\nbind = ["tcp://eth0:9", "tcp://eth1:9"]',
+        '[ingest]\nconnect = ["tcp://h:5558"]',  # connecting to a port we bind is fine
+        '[http]\nbind = "127.0.0.1:0"\n[ingest]\nbind = ["tcp://*:8080"]',  # 0: any free port
+    ],
+)
+def test_binds_that_can_coexist_are_accepted(text: str) -> None:
+    parse_config_text(text)
+
+
+# ---------------------------------------------------------------------------
+# http.bind
+
+
+@pytest.mark.parametrize(
+    ("bind", "host", "port"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1", 8080),
+        ("0.0.0.0:80", "0.0.0.0", 80),
+        ("[::1]:8080", "::1", 8080),
+        ("localhost:0", "localhost", 0),
+        ("gw-01.local:65535", "gw-01.local", 65535),
+    ],
+)
+def test_http_bind(bind: str, host: str, port: int) -> None:
+    assert parse_config_text(f'[http]\nbind = "{bind}"').http == HttpSettings(host, port)
+
+
+# ---------------------------------------------------------------------------
+# Classes
+
+
+def test_a_given_class_list_replaces_its_default_and_keeps_the_others() -> None:
+    rules = parse_config_text('[classes]\nhigh = ["door_open"]\n').classes
+    table = rules.as_table()
+    assert table[EventClass.HIGH] == ("door_open",)
+    assert table[EventClass.CRITICAL] == tuple(sorted(DEFAULT_RULES[EventClass.CRITICAL]))
+    assert rules.classify("tamper") is EventClass.NORMAL
+
+
+def test_moving_a_default_type_takes_it_out_of_its_default_class() -> None:
+    rules = parse_config_text('[classes]\nlow = ["fault"]\n').classes
+    assert rules.classify("fault") is EventClass.LOW
+    assert rules.classify("last_gasp") is EventClass.CRITICAL
+    rules = parse_config_text('[classes]\nnormal = ["heartbeat"]\n').classes
+    assert rules.classify("heartbeat") is EventClass.NORMAL
+    assert rules.classify("diagnostic") is EventClass.LOW
+
+
+def test_a_type_in_two_given_lists_names_both_keys() -> None:
+    err = error_of('[classes]\ncritical = ["fault"]\nlow = ["x", "fault"]\n')
+    assert str(err) == "classes.low: type 'fault' is also listed in classes.critical"
+    err = error_of('[classes]\nlow = ["fault"]\ncritical = ["fault"]\n')  # order in the file
+    assert str(err) == "classes.low: type 'fault' is also listed in classes.critical"
+
+
+def test_a_type_twice_in_one_list_is_an_error() -> None:
+    err = error_of('[classes]\nhigh = ["tamper", "tamper"]\n')
+    assert err.key == "classes.high" and "twice" in err.problem
+
+
+def test_class_match_stays_case_sensitive() -> None:
+    rules = parse_config_text('[classes]\ncritical = ["Fault"]\nlow = ["fault"]\n').classes
+    assert rules.classify("Fault") is EventClass.CRITICAL
+    assert rules.classify("fault") is EventClass.LOW
+
+
+# ---------------------------------------------------------------------------
+# Paths
+
+
+def test_relative_spill_dir_is_resolved_against_the_config_file(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "agent.toml").write_text(
+        '[spill]\ndir = "../var/spill"\n'
+        '[ingest.curve]\nsecret_key_file = "keys/agent.key_secret"\nallowed_keys_dir = "keys"\n'
+    )
+    s = load_config(etc / "agent.toml")
+    assert s.spill.dir == str(tmp_path / "var" / "spill")
+    assert s.ingest.curve == CurveSettings(
+        str(etc / "keys" / "agent.key_secret"), str(etc / "keys")
+    )
+    assert not (tmp_path / "var").exists()  # parsing creates nothing
+
+
+def test_absolute_paths_are_kept_and_normalised(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text('[spill]\ndir = "/srv//spill/./x/../"\n')
+    assert load_config(path).spill.dir == "/srv/spill"
+
+
+def test_relative_path_without_a_file_needs_base_dir() -> None:
+    err = error_of('[spill]\ndir = "spill"\n')
+    assert err.key == "spill.dir" and "relative" in err.problem
+    s = parse_config_text('[spill]\ndir = "spill"\n', base_dir="/opt/agent")
+    assert s.spill.dir == "/opt/agent/spill"
+
+
+def test_tilde_is_not_expanded() -> None:
+    err = error_of('[spill]\ndir = "~/spill"\n', base_dir="/etc")
+    assert err.key == "spill.dir" and "~" in err.problem
+
+
+# ---------------------------------------------------------------------------
+# The file itself
+
+
+def test_toml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[agent]\nid = "gw"\nlog_level = info\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    assert err.key == ""
+    assert str(err).startswith(f"{path}: ")
+    assert "line 3" in str(err)
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "" and str(info.value).startswith(f"{path}: cannot read")
+
+
+def test_a_directory_is_not_a_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path}: cannot read")
+
+
+def test_non_utf8_and_oversized_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[agent]\nid = "Zähler"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(path)
+    path = tmp_path / "huge.toml"
+    path.write_bytes(b"#" * (MiB + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config(path)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes('\ufeff[agent]\nid = "gw-ä"\n'.encode())
+    assert load_config(path).agent.id == "gw-ä"
+
+
+def test_key_errors_from_a_file_keep_the_key_and_carry_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text("[ingest]\nrcvhwm = 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "ingest.rcvhwm"
+    assert info.value.path == str(path)
+    assert str(info.value).startswith("ingest.rcvhwm: ")
+
+
+# ---------------------------------------------------------------------------
+# changed_keys and RELOADABLE
+
+
+def test_changed_keys() -> None:
+    old = parse_config({"agent": {"id": "gw"}})
+    assert changed_keys(old, old) == []
+    new = parse_config_text(
+        '[agent]\nid = "gw"\nlog_level = "debug"\n[classes]\nlow = ["fault"]\n'
+        '[http]\nbind = "127.0.0.1:9090"\n[upstream.curve]\n'
+        'secret_key_file = "/k/s"\nallowed_keys_dir = "/k"\n'
+    )
+    assert changed_keys(old, new) == [
+        "agent.log_level",
+        "upstream.curve.secret_key_file",
+        "upstream.curve.allowed_keys_dir",
+        "http.bind",
+        "classes.critical",
+        "classes.low",
+    ]
+    assert changed_keys(new, old) == changed_keys(old, new)
+
+
+def test_changed_keys_knows_every_key() -> None:
+    old = parse_config({})
+    new = Settings(
+        agent=dataclasses.replace(old.agent, id=old.agent.id + "x", log_level="error"),
+        ingest=IngestSettings(("tcp://*:1",), ("tcp://h:2",), 64, 1, CurveSettings("/a", "/b")),
+        upstream=UpstreamSettings(
+            ("tcp://*:3",), ("tcp://h:4",), 1, 1024, 0, 1, 4096, CurveSettings("/c", "/d")
+        ),
+        buffer=BufferSettings(4 * MiB, 0, 1.0),
+        spill=SpillSettings("/x", MiB, 10),
+        http=HttpSettings("::1", 0),
+        classes=ClassRules(
+            {
+                EventClass.CRITICAL: ("a",),
+                EventClass.HIGH: ("b",),
+                EventClass.NORMAL: ("c",),
+                EventClass.LOW: ("d",),
+            }
+        ),
+    )
+    assert changed_keys(old, new) == ALL_KEYS
+
+
+def test_reloadable_keys() -> None:
+    assert RELOADABLE == {
+        "agent.log_level",
+        "classes.critical",
+        "classes.high",
+        "classes.normal",
+        "classes.low",
+        "upstream.batch_max_events",
+        "upstream.batch_max_bytes",
+        "upstream.linger_ms",
+    }
+    assert RELOADABLE <= set(ALL_KEYS)
+
+
+# ---------------------------------------------------------------------------
+# Property: random valid values survive a trip through TOML text
+
+
+def toml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif (ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, str):
+        return toml_string(value)
+    if isinstance(value, bool):
+        raise TypeError("no booleans in the config")
+    if isinstance(value, float):
+        assert math.isfinite(value)
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise AssertionError(value)
+
+
+def render(doc: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for table, keys in doc.items():
+        lines.append(f"[{table}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
+BASE = "/base/etc"
+names = st.from_regex(r"[a-z][a-z0-9-]{0,12}(\.[a-z0-9]{1,8}){0,2}", fullmatch=True)
+ipv4 = st.ip_addresses(v=4).map(str)
+ipv6 = st.ip_addresses(v=6).map(str)
+
+
+def trimmed(inner: st.SearchStrategy[str], edge: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Text of `inner` characters that starts and ends with an `edge` one (no
+    leading or trailing white space by construction, so nothing is filtered)."""
+    return st.one_of(
+        edge,
+        st.tuples(edge, st.text(inner, max_size=18), edge).map("".join),
+    )
+
+
+not_space = st.characters(categories=("L", "N", "P", "S"))
+# Class types: anything but white space at the ends.
+clean_text = trimmed(st.characters(), not_space)
+# Agent ids: printable (str.isprintable) by construction.
+agent_ids = trimmed(
+    st.one_of(not_space, st.characters(categories=("Mn", "Mc")), st.just(" ")), not_space
+)
+paths = st.one_of(
+    st.text(st.characters(blacklist_characters="\0"), min_size=1, max_size=20).map(
+        lambda s: "/" + s
+    ),
+    st.text(st.characters(blacklist_characters="\0"), min_size=1, max_size=20).filter(
+        lambda s: not s.startswith(("/", "~"))
+    ),
+)
+
+
+def expect_path(path: str) -> str:
+    return os.path.normpath(os.path.join(BASE, path))
+
+
+@st.composite
+def endpoint_lists(draw: st.DrawFn, label: str, base_port: int, bind: bool) -> list[str]:
+    # Ports and ipc paths are unique per list by construction, so no two
+    # endpoints are equal or clash; hosts are random.
+    hosts = st.one_of(ipv4, ipv6.map(lambda a: f"[{a}]"), names)
+    if bind:
+        hosts = st.one_of(hosts, st.just("*"))
+    forms = st.one_of(hosts, st.just("ipc"))
+    chosen = draw(st.lists(forms, max_size=3))
+    return [
+        f"ipc:///run/{label}-{i}.sock" if h == "ipc" else f"tcp://{h}:{base_port + i}"
+        for i, h in enumerate(chosen)
+    ]
+
+
+@st.composite
+def valid_documents(draw: st.DrawFn) -> tuple[dict[str, dict[str, Any]], Settings]:
+    doc: dict[str, dict[str, Any]] = {}
+    expected = parse_config({})
+
+    def maybe(table: str, key: str, strategy: st.SearchStrategy[Any]) -> Any:
+        if draw(st.booleans()):
+            value = draw(strategy)
+            doc.setdefault(table, {})[key] = value
+            return value
+        return None
+
+    def pick(table: str, key: str, strategy: st.SearchStrategy[Any], default: Any) -> Any:
+        value = maybe(table, key, strategy)
+        return default if value is None else value
+
+    agent_id = maybe("agent", "id", agent_ids)
+    agent = dataclasses.replace(
+        expected.agent,
+        id=expected.agent.id if agent_id is None else agent_id,
+        log_level=pick(
+            "agent", "log_level", st.sampled_from(["debug", "info", "warning", "error"]), "info"
+        ),
+    )
+
+    def sockets(table: str, ports: int, default: Any) -> dict[str, Any]:
+        connect = maybe(table, "connect", endpoint_lists(f"{table}-c", ports + 1000, False))
+        bind = maybe(table, "bind", endpoint_lists(f"{table}-b", ports, True))
+        if bind is None and connect is None:
+            return {"bind": default.bind, "connect": default.connect}
+        # Either was given: the default bind no longer applies.
+        bind, connect = bind or [], connect or []
+        if not bind and not connect:  # no endpoint at all is invalid: give one
+            bind = [f"tcp://*:{ports}"]
+            doc[table]["bind"] = bind
+        return {"bind": tuple(bind), "connect": tuple(connect)}
+
+    def curve(table: str) -> CurveSettings:
+        if not draw(st.booleans()):
+            return CurveSettings()
+        secret, allowed = draw(paths), draw(paths)
+        doc[f"{table}.curve"] = {"secret_key_file": secret, "allowed_keys_dir": allowed}
+        return CurveSettings(expect_path(secret), expect_path(allowed))
+
+    d = expected.ingest
+    ingest = IngestSettings(
+        **sockets("ingest", 10000, d),
+        max_frame_bytes=pick(
+            "ingest", "max_frame_bytes", st.integers(64, 64 * MiB), d.max_frame_bytes
+        ),
+        rcvhwm=pick("ingest", "rcvhwm", st.integers(1, 1_000_000), d.rcvhwm),
+        curve=curve("ingest"),
+    )
+    u = expected.upstream
+    upstream = UpstreamSettings(
+        **sockets("upstream", 12000, u),
+        batch_max_events=pick(
+            "upstream", "batch_max_events", st.integers(1, 65535), u.batch_max_events
+        ),
+        batch_max_bytes=pick(
+            "upstream", "batch_max_bytes", st.integers(1024, 16 * MiB), u.batch_max_bytes
+        ),
+        linger_ms=pick("upstream", "linger_ms", st.integers(0, 10_000), u.linger_ms),
+        sndhwm=pick("upstream", "sndhwm", st.integers(1, 100_000), u.sndhwm),
+        sndbuf_bytes=pick("upstream", "sndbuf_bytes", st.integers(4096, 64 * MiB), u.sndbuf_bytes),
+        curve=curve("upstream"),
+    )
+    b = expected.buffer
+    reserve = maybe("buffer", "critical_reserve_bytes", st.integers(0, 32 * GiB - 1))
+    floor = 2 * (b.critical_reserve_bytes if reserve is None else reserve) + 1
+    budget = pick(
+        "buffer", "budget_bytes", st.integers(max(floor, 4 * MiB), 64 * GiB), b.budget_bytes
+    )
+    if reserve is not None and reserve * 2 >= budget:  # the default budget is too small
+        budget = draw(st.integers(max(floor, 4 * MiB), 64 * GiB))
+        doc["buffer"]["budget_bytes"] = budget
+    shrink = maybe(
+        "buffer",
+        "shrink_after_s",
+        st.one_of(
+            st.integers(1, 3600),
+            st.floats(0, 3600, exclude_min=True, allow_nan=False),
+        ),
+    )
+    buffer = BufferSettings(
+        budget_bytes=budget,
+        critical_reserve_bytes=b.critical_reserve_bytes if reserve is None else reserve,
+        shrink_after_s=b.shrink_after_s if shrink is None else float(shrink),
+    )
+    s = expected.spill
+    spill_dir = maybe("spill", "dir", paths)
+    spill = SpillSettings(
+        dir=s.dir if spill_dir is None else expect_path(spill_dir),
+        max_bytes=pick("spill", "max_bytes", st.integers(MiB, 2**50), s.max_bytes),
+        flush_interval_ms=pick(
+            "spill", "flush_interval_ms", st.integers(10, 60_000), s.flush_interval_ms
+        ),
+    )
+    http = expected.http
+    if draw(st.booleans()):
+        host = draw(st.one_of(ipv4, ipv6, names))
+        port = draw(st.one_of(st.just(0), st.integers(20000, 65535)))
+        doc["http"] = {"bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}"}
+        http = HttpSettings(host, port)
+    given: dict[EventClass, tuple[str, ...]] = {}
+    pool = draw(st.lists(clean_text, unique=True, max_size=12))
+    for cls in EventClass:
+        if draw(st.booleans()):
+            k = draw(st.integers(0, len(pool)))
+            given[cls], pool = tuple(pool[:k]), pool[k:]
+            doc.setdefault("classes", {})[cls.wire_name] = list(given[cls])
+    claimed = {t for types in given.values() for t in types}
+    classes = ClassRules(
+        {
+            c: given.get(c, tuple(t for t in DEFAULT_RULES[c] if t not in claimed))
+            for c in EventClass
+        }
+    )
+    return doc, Settings(agent, ingest, upstream, buffer, spill, http, classes)
+
+
+@given(valid_documents())
+def test_valid_values_round_trip_through_toml_text(
+    case: tuple[dict[str, dict[str, Any]], Settings],
+) -> None:
+    doc, expected = case
+    parsed = parse_config_text(render(doc), base_dir=BASE)
+    assert parsed == expected
+    # Only what was written can differ from the defaults, plus what a written
+    # key changes by rule: a given class list edits the others' defaults, and
+    # `connect` alone drops the default `bind`.
+    written = {f"{table}.{key}" for table, keys in doc.items() for key in keys}
+    implied = {f"classes.{n}" for n in CLASS_NAMES} if "classes" in doc else set()
+    implied |= {f"{t}.bind" for t in ("ingest", "upstream") if f"{t}.connect" in written}
+    assert set(changed_keys(parse_config({}), parsed)) <= written | implied
