@@ -224,6 +224,8 @@ def parse_config(
     http = _parse_http(root.sub("http"))
     classes = _parse_classes(root.sub("classes"))
     _check_bind_clashes(ingest, upstream, http)
+    _check_buffer_room(root.sub("buffer"), buffer, ingest)
+    _check_spill_room(root.sub("spill"), spill, ingest)
     return Settings(
         agent=agent,
         ingest=ingest,
@@ -687,6 +689,39 @@ def _parse_buffer(t: _Table) -> BufferSettings:
     return BufferSettings(
         budget_bytes=budget, critical_reserve_bytes=reserve, shrink_after_s=shrink
     )
+
+
+# Bytes the non-critical classes need besides the critical reserve and a
+# max-size frame: one ingest burst (256 KiB + a chunk per class, ~1.25 MiB,
+# agent/loop.py) plus a few 256 KiB chunks to fill, publish from and drain
+# spilled data back into. Below this the agent could spill but never drain.
+WORKING_ROOM = 3 * MiB
+
+
+def _check_buffer_room(t: _Table, buffer: BufferSettings, ingest: IngestSettings) -> None:
+    need = buffer.critical_reserve_bytes + ingest.max_frame_bytes + WORKING_ROOM
+    if buffer.budget_bytes < need:
+        t.fail(
+            "budget_bytes",
+            f"must be at least buffer.critical_reserve_bytes + ingest.max_frame_bytes + "
+            f"{WORKING_ROOM} (working room) = {need}, got {buffer.budget_bytes}",
+        )
+
+
+# The smallest class ring gets 1/8 of spill.max_bytes (agent/spill/store.py)
+# and must hold at least two in-memory chunks (256 KiB, or one max-size frame),
+# or that class could never spill at all.
+SPILL_MIN_CHUNKS = 16
+
+
+def _check_spill_room(t: _Table, spill: SpillSettings, ingest: IngestSettings) -> None:
+    need = SPILL_MIN_CHUNKS * max(256 * 1024, ingest.max_frame_bytes) + 65536
+    if spill.max_bytes < need:
+        t.fail(
+            "max_bytes",
+            f"must be at least {SPILL_MIN_CHUNKS} x max(262144, ingest.max_frame_bytes) + 65536 "
+            f"= {need} (the smallest class ring must hold two chunks), got {spill.max_bytes}",
+        )
 
 
 def _parse_spill(t: _Table, base: str | None) -> SpillSettings:

@@ -47,30 +47,40 @@ class BufferGovernor:
         critical_reserve_bytes: int,
         shrink_after_s: float,
         floor_bytes: int,
+        burst_bytes: int = 0,
     ) -> None:
         if not 0 <= critical_reserve_bytes < budget_bytes:
             raise ValueError("critical reserve must be smaller than the budget")
         self.budget_bytes = budget_bytes
         self.critical_reserve_bytes = critical_reserve_bytes
         self.shrink_after_s = shrink_after_s
+        # The most one ingest burst can add before the loop looks again: the
+        # non-critical classes keep that much free below their limit, so a
+        # burst never has to eat into the critical reserve.
+        self.burst_bytes = burst_bytes
         self.floor_bytes = min(floor_bytes, budget_bytes)
         self.capacity_bytes = self.floor_bytes
         self._last_growth: float | None = None
         self._shrunk_at: float | None = None
+        # growing / steady / shrinking, before the spilling/draining overlay.
+        self._base_state = GovernorState.STEADY
         self.state = GovernorState.STEADY
 
     @property
     def noncritical_limit(self) -> int:
-        """In-memory bytes the non-critical classes may hold together."""
-        return self.budget_bytes - self.critical_reserve_bytes
+        """In-memory bytes the non-critical classes may hold together (after a
+        turn's spilling), leaving the critical reserve and one burst free."""
+        return max(0, self.budget_bytes - self.critical_reserve_bytes - self.burst_bytes)
 
     def noncritical_excess(self, noncritical_bytes: int) -> int:
         """Bytes non-critical classes must move out (spill or evict) to respect the reserve."""
         return max(0, noncritical_bytes - self.noncritical_limit)
 
-    def can_admit(self, allocated_bytes: int, incoming_bytes: int) -> bool:
-        """May the loop read a batch of up to `incoming_bytes` more event bytes?"""
-        return allocated_bytes + incoming_bytes <= self.budget_bytes
+    def can_admit(self, allocated_bytes: int, incoming_bytes: int | None = None) -> bool:
+        """May the loop read a burst of up to `incoming_bytes` (default: one
+        burst) more event bytes without passing the budget?"""
+        incoming = self.burst_bytes if incoming_bytes is None else incoming_bytes
+        return allocated_bytes + incoming <= self.budget_bytes
 
     def observe(
         self,
@@ -87,7 +97,7 @@ class BufferGovernor:
         if allocated_bytes > self.capacity_bytes:
             self.capacity_bytes = min(self.budget_bytes, allocated_bytes)
             self._last_growth = now
-            self.state = GovernorState.GROWING
+            self._base_state = GovernorState.GROWING
         elif self._last_growth is None or now - self._last_growth >= self.shrink_after_s:
             target = max(self.floor_bytes, int(in_use_bytes * SHRINK_HEADROOM))
             if target < self.capacity_bytes and not draining:
@@ -95,15 +105,20 @@ class BufferGovernor:
                 self._shrunk_at = now
                 self._last_growth = now  # the next shrink waits another quiet period
                 trim_to = max(0, target - in_use_bytes)
-                self.state = GovernorState.SHRINKING
+                self._base_state = GovernorState.SHRINKING
             elif self._shrunk_at is None or now - self._shrunk_at >= 1.0:
-                self.state = GovernorState.STEADY
-        elif self.state is GovernorState.GROWING:
-            self.state = GovernorState.STEADY
+                self._base_state = GovernorState.STEADY
+        elif self._base_state is GovernorState.GROWING:
+            self._base_state = GovernorState.STEADY
+        elif self._base_state is GovernorState.SHRINKING and now - (self._shrunk_at or now) >= 1.0:
+            # "shrinking" shows for about a second after a shrink, then steady.
+            self._base_state = GovernorState.STEADY
         if spilling:
             self.state = GovernorState.SPILLING
         elif draining:
             self.state = GovernorState.DRAINING
+        else:
+            self.state = self._base_state
         return trim_to
 
     def statistics(self) -> GovernorStats:

@@ -49,13 +49,14 @@ from agent.stats import BufferStats, ClassStats, IngestStats, Snapshot, SpillSta
 log = logging.getLogger("agent.loop")
 
 CRITICAL = int(EventClass.CRITICAL)
-LOWEST_FIRST = tuple(reversed(CLASSES))
+NONCRITICAL_LOWEST_FIRST = tuple(reversed(CLASSES[1:]))
 
-# One ingest burst: at most this many frames / bytes before the loop publishes
-# again. 512 frames take ~1 ms to decode, which bounds how long a critical
-# event that arrived meanwhile waits for its turn.
+# One ingest burst: at most this many frames / bytes (plus the frame that
+# crosses the limit) before the loop publishes again. 512 frames take ~1 ms to
+# decode, which bounds how long a critical event that arrived meanwhile waits
+# for its turn; the byte bound is the memory the governor keeps free for it.
 INGEST_MAX_FRAMES = 512
-INGEST_MAX_BYTES = 1024 * 1024
+INGEST_MAX_BYTES = 256 * 1024
 # Upstream sends per turn, so a deep backlog cannot starve ingest (64 x 256
 # events ~ 16k events, a few ms).
 PUBLISH_MAX_SENDS = 64
@@ -63,6 +64,7 @@ PUBLISH_MAX_SENDS = 64
 # always writable, so there is no POLLOUT to wait for.
 BLOCKED_RETRY_S = 0.001
 IDLE_POLL_S = 0.1
+FLUSH_STEP_BYTES = 4 * 1024 * 1024
 SNAPSHOT_EVERY_S = 0.25
 # Drain a class's ring while it has fewer than this many bytes in memory:
 # enough to keep the upstream busy, little enough to leave room for a spike.
@@ -230,6 +232,9 @@ class Agent:
             s.buffer.critical_reserve_bytes,
             s.buffer.shrink_after_s,
             floor_bytes=8 * CHUNK_BYTES,
+            # One ingest burst: INGEST_MAX_BYTES plus the frame that crosses it,
+            # plus a fresh chunk per class for the burst's partial tails.
+            burst_bytes=INGEST_MAX_BYTES + s.ingest.max_frame_bytes + len(CLASSES) * CHUNK_BYTES,
         )
         self.policy = BatchPolicy(
             s.upstream.batch_max_events, s.upstream.batch_max_bytes, s.upstream.linger_ms / 1000
@@ -291,8 +296,9 @@ class Agent:
                 self._wake_r.recv(512)
         now = time.monotonic()
         self._turned_at = now
-        self._make_room()
+        # Publish before making room: what can leave should not be spilled.
         self._publish(now)
+        self._make_room()
         self._drain(now)
         self._timers(now)
         return got
@@ -310,7 +316,7 @@ class Agent:
             if q.front_events and deliverable[cls]:
                 since = self._pending_since[cls]
                 waited = now - since if since is not None else 0.0
-                wait = self.policy.wait_s(cls, q.front_events, q.bytes, waited)
+                wait = self.policy.wait_s(cls, q.front_events, q.front_bytes, waited)
                 if wait is not None:
                     timeout = min(timeout, wait)
             if q.hold_back and self._can_drain(cls):
@@ -376,31 +382,30 @@ class Agent:
         return sum(self.queues[c].alloc_bytes for c in CLASSES if c != CRITICAL)
 
     def _make_room(self) -> None:
-        """Keep non-critical classes out of the critical reserve and the whole
-        within budget, then decide whether ingest may read another burst."""
+        """Keep the non-critical classes within their limit (spilling lowest
+        first, evicting only when disk is full too), keep room for one more
+        ingest burst (spilling critical if it alone fills memory), and pause
+        ingest when even that is impossible."""
         gov = self.governor
         self._spilling = False
-        excess = gov.noncritical_excess(self._noncritical_alloc())
+        excess = self._noncritical_alloc() - gov.noncritical_limit
         while excess > 0:
-            freed = self._spill_one(LOWEST_FIRST[:-1]) or self._evict_one()
+            freed = self._spill_one(NONCRITICAL_LOWEST_FIRST) or self._evict_one()
             if not freed:
                 break
             excess -= freed
-        # Critical itself at the ceiling: spill critical too (oldest data stays
-        # in memory, newest goes to disk behind it).
-        incoming = INGEST_MAX_BYTES + self.settings.ingest.max_frame_bytes + 4 * CHUNK_BYTES
-        while not gov.can_admit(self.queues.pool.in_use_bytes, incoming):
-            if not (self._spill_one((CRITICAL,)) or self._evict_one()):
-                break
-        paused = not gov.can_admit(self.queues.pool.in_use_bytes, incoming)
+        pool = self.queues.pool
+        while not gov.can_admit(pool.in_use_bytes) and self._spill_one((CRITICAL,)):
+            pass
+        paused = not gov.can_admit(pool.in_use_bytes)
         if paused != self.paused:
             self.paused = paused
             self._poller.modify(self.pull, 0 if paused else zmq.POLLIN)
             if paused:
                 log.warning(
-                    "buffers full (%d bytes in use, budget %d) and nothing left to spill "
-                    "or evict: not reading ingest until there is room",
-                    self.queues.pool.in_use_bytes,
+                    "buffers full (%d bytes in use, budget %d) and critical events fill "
+                    "the spill ring: not reading ingest until there is room",
+                    pool.in_use_bytes,
                     gov.budget_bytes,
                 )
             else:
@@ -413,9 +418,12 @@ class Agent:
             chunk = q.spill_candidate()
             if chunk is None:
                 continue
+            if chunk.held_bytes + 4 * chunk.events > self.store.max_batch_bytes(cls):
+                continue  # larger than a ring record can be (config prevents it)
             # A copy, not a view: a view would pin the chunk's mmap open.
             blob, ends = chunk.remaining()
-            if self.store.push_back(cls, blob, ends):
+            push = self.store.push_front if q.spills_ahead_of_ring(chunk) else self.store.push_back
+            if push(cls, blob, ends):
                 self.counters[cls].spilled += len(ends)
                 freed = chunk.capacity
                 q.commit_spill(chunk)
@@ -427,7 +435,7 @@ class Agent:
         """Memory and disk are full: drop the oldest events of the lowest class
         that holds any. Critical is never evicted (ingest pauses instead), so
         it never is while a lower class holds data. Returns memory bytes freed."""
-        for cls in LOWEST_FIRST[:-1]:
+        for cls in NONCRITICAL_LOWEST_FIRST:
             q = self.queues[cls]
             if not q.events:
                 continue
@@ -471,7 +479,7 @@ class Agent:
             since = self._pending_since[cls]
             if since is None:
                 since = self._pending_since[cls] = now
-            if not policy.due(cls, q.front_events, q.bytes, now - since):
+            if not policy.due(cls, q.front_events, q.front_bytes, now - since):
                 continue
             counters = self.counters[cls]
             while q.front_events:
@@ -492,23 +500,33 @@ class Agent:
                 if sends >= PUBLISH_MAX_SENDS:
                     self._pending_since[cls] = now if q.front_events else None
                     return
-                if cls != CRITICAL and not policy.due(cls, q.front_events, q.bytes, 0.0):
+                if cls != CRITICAL and not policy.due(cls, q.front_events, q.front_bytes, 0.0):
                     break  # a partial batch left: it lingers from now
             self._pending_since[cls] = now if q.front_events else None
 
     # -- drain -----------------------------------------------------------------
 
     def _can_drain(self, cls: int) -> bool:
+        """Read back from disk only what memory can take without spilling it
+        again next turn (two chunks below the spill threshold), and only for a
+        class some subscriber wants: with nobody to deliver to, data read back
+        would only compete for memory with what keeps arriving."""
         q = self.queues[cls]
         if q.front_bytes >= DRAIN_LOW_WATER or not self.store.pending(cls):
             return False
-        limit = self.governor.budget_bytes
-        if cls != CRITICAL:
-            limit -= self.governor.critical_reserve_bytes
-            used = self._noncritical_alloc()
-        else:
-            used = self.queues.pool.in_use_bytes
-        return used + 2 * CHUNK_BYTES <= limit - INGEST_MAX_BYTES
+        if not self.upstream.deliverable[cls]:
+            return False
+        gov = self.governor
+        if cls == CRITICAL:
+            return gov.can_admit(self.queues.pool.in_use_bytes + 2 * CHUNK_BYTES)
+        used = self._noncritical_alloc()
+        if used + 2 * CHUNK_BYTES <= gov.noncritical_limit:
+            return True
+        # Memory is near the threshold with data queued behind the ring: until
+        # the ring drains, none of this class can be published. Take one record
+        # anyway (never out of the critical reserve); _make_room then moves
+        # other data out, or, with disk full too, evicts the oldest.
+        return q.front_events == 0 and used + CHUNK_BYTES <= gov.budget_bytes - gov.critical_reserve_bytes
 
     def _drain(self, now: float) -> None:
         for cls in CLASSES:
@@ -534,8 +552,12 @@ class Agent:
 
     def _timers(self, now: float) -> None:
         if now >= self._next_flush:
-            self.store.flush()
-            self._next_flush = now + self.settings.spill.flush_interval_ms / 1000
+            # msync in bounded steps: 16 MiB dirty took 7-12 ms in one call
+            # here, 4 MiB steps 2-7 ms each, so a flush never holds the loop
+            # (and the next critical alert) for long. The interval restarts
+            # once everything due is on disk.
+            if self.store.flush(FLUSH_STEP_BYTES):
+                self._next_flush = now + self.settings.spill.flush_interval_ms / 1000
         if now >= self._next_drop_log:
             self._next_drop_log = now + 1.0
             for cls, n in enumerate(self._dropped_unlogged):
@@ -653,12 +675,20 @@ class Agent:
         self._poller.unregister(self.pull)
         self.pull.close(0)
         parked, lost = self._park_in_memory_events()
+        self._next_drop_log = 0.0
+        self._timers(time.monotonic())  # log what was evicted, once per class
         self.store.flush()
         self._publish_snapshot(time.monotonic())
+        delivered = sum(c.delivered for c in self.counters)
         if lost:
-            log.error("stopped: %d events parked on disk, %d LOST (spill full)", parked, lost)
+            log.error(
+                "stopped: %d delivered, %d events parked on disk, %d LOST (spill full)",
+                delivered,
+                parked,
+                lost,
+            )
         else:
-            log.info("stopped: %d events parked on disk, nothing lost", parked)
+            log.info("stopped: %d delivered, %d events parked on disk, nothing lost", delivered, parked)
 
     def _park_in_memory_events(self) -> tuple[int, int]:
         """Move every event held in memory into the rings, keeping class order:
@@ -690,13 +720,18 @@ class Agent:
         if not n:
             return 0, True
         push = self.store.push_front if front_side else self.store.push_back
-        ok = push(cls, blob, ends)
-        if ok:
-            self.counters[cls].spilled += n
-        else:
-            self.counters[cls].dropped += n
-            log.error("spill full at stop: %d %s events lost", n, EventClass(cls).wire_name)
-        return n, ok
+        while not push(cls, blob, ends):
+            # The class's share of the disk is full: memory and disk are both
+            # exhausted, so the oldest events go first (never these newer ones).
+            # Critical is never evicted; it is lost only if its ring is full.
+            evicted = 0 if (front_side or cls == CRITICAL) else self.store.drop_front(cls)
+            if not evicted:
+                self.counters[cls].dropped += n
+                self._dropped_unlogged[cls] += n
+                return n, False
+            self._count_dropped(cls, evicted)
+        self.counters[cls].spilled += n
+        return n, True
 
 
 def run_agent(settings: Settings) -> int:

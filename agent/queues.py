@@ -290,23 +290,31 @@ class ClassQueue:
     def spill_candidate(self) -> Chunk | None:
         """The chunk to move to disk next, keeping FIFO order across the ring.
 
-        With the ring already holding events: the oldest chunk of `back`.
-        Otherwise the newest chunk of `front`, unless it is partly published or
-        came from disk. Nothing changes until `commit_spill`.
+        Preferably the oldest chunk of `back` (it goes behind the ring). Else
+        the newest chunk of `front`, unless it is partly published or came from
+        disk: it goes behind the ring if the ring is empty, or in front of it
+        (`spills_ahead_of_ring`) if the ring holds events, which is only
+        allowed while no chunk read back from the ring is still in memory.
+        Nothing changes until `commit_spill`.
         """
-        if self.hold_back:
-            return self.back[0] if self.back else None
+        if self.hold_back and self.back:
+            return self.back[0]
         if not self.front:
             return None
         chunk = self.front[-1]
         if chunk.head or chunk.token is not None:
             return None
+        if self.hold_back and any(c.token is not None for c in self.front):
+            return None
         return chunk
+
+    def spills_ahead_of_ring(self, chunk: Chunk) -> bool:
+        """True if `chunk` (from spill_candidate) belongs in front of the ring."""
+        return self.hold_back and bool(self.front) and chunk is self.front[-1]
 
     def commit_spill(self, chunk: Chunk) -> None:
         """`chunk` (from spill_candidate) is on disk now: forget it."""
-        if self.hold_back:
-            assert self.back[0] is chunk
+        if self.back and chunk is self.back[0]:
             self.back.popleft()
             self._count(False, -chunk.events, -chunk.held_bytes)
         else:

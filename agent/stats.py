@@ -65,7 +65,7 @@ class IngestStats:
 
 @dataclasses.dataclass(frozen=True)
 class UpstreamStats:
-    subscribers: int = 0  # live subscriptions (XPUB_VERBOSER)
+    subscribers: int = 0  # distinct subscribed topic prefixes; 0 = nobody listening
     messages: int = 0
     events: int = 0
     blocked: int = 0  # sends refused by XPUB_NODROP (a slow subscriber)

@@ -5,8 +5,12 @@ socket that carries it, and promises:
 
 - never to hand a message to ZeroMQ that it would discard: a PUB with no
   matching subscriber drops silently (libzmq dist.cpp, FACTS.md), so a class
-  is only sent while some live subscription matches its topic, learned from
-  XPUB_VERBOSER subscribe/unsubscribe messages (disconnects included);
+  is only sent while some live subscription matches its topic. A plain XPUB
+  reports a topic once when its first subscriber arrives and once when its
+  last one leaves, disconnects included, so a set of topics is exact.
+  (XPUB_VERBOSER is not used: it passes every duplicate subscribe but a peer
+  unsubscribes once, so counts drift and a departed peer looks subscribed;
+  tests/test_upstream.py pins this.)
 - never to lose a message to a slow subscriber: XPUB_NODROP makes a full pipe
   refuse the send (EAGAIN) instead of dropping it, and `send_batch` then says
   "not now" so the events stay in the class queue;
@@ -51,7 +55,6 @@ class Upstream:
         self.agent_id = agent_id
         self.epoch = epoch
         sock = ctx.socket(zmq.XPUB)
-        sock.setsockopt(zmq.XPUB_VERBOSER, 1)
         sock.setsockopt(zmq.XPUB_NODROP, 1)
         sock.setsockopt(zmq.SNDHWM, settings.sndhwm)
         sock.setsockopt(zmq.SNDBUF, settings.sndbuf_bytes)
@@ -63,8 +66,8 @@ class Upstream:
         for ep in settings.connect:
             sock.connect(ep)
         self._seq = [0] * len(CLASSES)
-        # topic prefix -> number of live subscriptions with it
-        self._subscriptions: dict[bytes, int] = {}
+        # Topic prefixes at least one connected subscriber holds.
+        self._subscriptions: set[bytes] = set()
         self.deliverable: list[bool] = [False] * len(CLASSES)
         self._counters = _Counters()
 
@@ -81,12 +84,10 @@ class Upstream:
                 break
             if not msg or msg[0] not in (0, 1):
                 continue  # not a subscription message (a peer sent data): ignore
-            topic = msg[1:]
-            n = self._subscriptions.get(topic, 0) + (1 if msg[0] == 1 else -1)
-            if n > 0:
-                self._subscriptions[topic] = n
+            if msg[0] == 1:
+                self._subscriptions.add(msg[1:])
             else:
-                self._subscriptions.pop(topic, None)
+                self._subscriptions.discard(msg[1:])
             changed = True
         if changed:
             self.deliverable = [
@@ -94,17 +95,16 @@ class Upstream:
             ]
             log.info(
                 "upstream subscriptions: %s",
-                ", ".join(
-                    f"{p.decode('ascii', 'replace') or '(all)'} x{n}"
-                    for p, n in sorted(self._subscriptions.items())
-                )
+                ", ".join(p.decode("ascii", "replace") or "(all)" for p in sorted(self._subscriptions))
                 or "none - holding events",
             )
         return changed
 
     @property
     def subscribers(self) -> int:
-        return sum(self._subscriptions.values())
+        """Distinct subscribed topic prefixes (a plain XPUB does not say how
+        many peers hold each); 0 means nobody is listening."""
+        return len(self._subscriptions)
 
     # -- sending ---------------------------------------------------------------
 

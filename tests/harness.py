@@ -179,6 +179,7 @@ class Subscriber:
         self.sock.connect(endpoint)
         self.sock.subscribe(topic)
         self.messages: list[tuple[str, dict[str, Any], list[bytes]]] = []
+        self.count = 0  # events received so far
 
     def recv_one(self, timeout_ms: int = 100) -> tuple[str, dict[str, Any], list[bytes]] | None:
         if not self.sock.poll(timeout_ms):
@@ -189,6 +190,7 @@ class Subscriber:
         msg = (cls.decode("ascii"), cbor2.loads(header), split_sequence(body))
         assert msg[1]["count"] == len(msg[2])
         self.messages.append(msg)
+        self.count += len(msg[2])
         return msg
 
     def events(self, cls: str | None = None) -> list[bytes]:
@@ -196,7 +198,7 @@ class Subscriber:
 
     def collect(self, n: int, timeout: float = 10.0) -> list[bytes]:
         deadline = time.monotonic() + timeout
-        while len(self.events()) < n and time.monotonic() < deadline:
+        while self.count < n and time.monotonic() < deadline:
             self.recv_one()
         return self.events()
 

@@ -267,17 +267,18 @@ sndhwm = 1
 sndbuf_bytes = 67108864
 [buffer]
 budget_bytes = 4194304
-critical_reserve_bytes = 2097151
+critical_reserve_bytes = 1048512
 shrink_after_s = 3600
 [spill]
-max_bytes = 1048576
+max_bytes = 4259840
 flush_interval_ms = 60000
 [http]
 bind = "localhost:0"
 """
     )
     assert s.ingest.max_frame_bytes == 64
-    assert s.buffer.critical_reserve_bytes == 2097151
+    # 4 MiB - 64 - 3 MiB: the largest reserve the working-room rule leaves.
+    assert s.buffer.critical_reserve_bytes == 1048512
     assert s.http == HttpSettings("localhost", 0)
 
 
@@ -845,11 +846,14 @@ def valid_documents(draw: st.DrawFn) -> tuple[dict[str, dict[str, Any]], Setting
     )
     b = expected.buffer
     reserve = maybe("buffer", "critical_reserve_bytes", st.integers(0, 32 * GiB - 1))
-    floor = 2 * (b.critical_reserve_bytes if reserve is None else reserve) + 1
+    real_reserve = b.critical_reserve_bytes if reserve is None else reserve
+    # Both rules: the reserve under half the budget, and working room left
+    # besides the reserve and a max-size frame (config.WORKING_ROOM).
+    floor = max(2 * real_reserve + 1, real_reserve + ingest.max_frame_bytes + 3 * MiB)
     budget = pick(
         "buffer", "budget_bytes", st.integers(max(floor, 4 * MiB), 64 * GiB), b.budget_bytes
     )
-    if reserve is not None and reserve * 2 >= budget:  # the default budget is too small
+    if budget < floor:  # the default budget is too small for what was drawn
         budget = draw(st.integers(max(floor, 4 * MiB), 64 * GiB))
         doc["buffer"]["budget_bytes"] = budget
     shrink = maybe(
@@ -869,7 +873,13 @@ def valid_documents(draw: st.DrawFn) -> tuple[dict[str, dict[str, Any]], Setting
     spill_dir = maybe("spill", "dir", paths)
     spill = SpillSettings(
         dir=s.dir if spill_dir is None else expect_path(spill_dir),
-        max_bytes=pick("spill", "max_bytes", st.integers(MiB, 2**50), s.max_bytes),
+        max_bytes=pick(
+            "spill",
+            "max_bytes",
+            # config.SPILL_MIN_CHUNKS chunks of 256 KiB or a max-size frame.
+            st.integers(16 * max(256 * 1024, ingest.max_frame_bytes) + 65536, 2**50),
+            s.max_bytes,
+        ),
         flush_interval_ms=pick(
             "spill", "flush_interval_ms", st.integers(10, 60_000), s.flush_interval_ms
         ),
@@ -911,3 +921,18 @@ def test_valid_values_round_trip_through_toml_text(
     implied = {f"classes.{n}" for n in CLASS_NAMES} if "classes" in doc else set()
     implied |= {f"{t}.bind" for t in ("ingest", "upstream") if f"{t}.connect" in written}
     assert set(changed_keys(parse_config({}), parsed)) <= written | implied
+
+
+def test_a_budget_without_working_room_is_refused() -> None:
+    err = error_of(
+        "[buffer]\nbudget_bytes = 8388608\ncritical_reserve_bytes = 4194303\n"
+        "[ingest]\nmax_frame_bytes = 2097152\n"
+    )
+    assert err.key == "buffer.budget_bytes"
+    assert "ingest.max_frame_bytes" in err.problem and "8388608" in err.problem
+
+
+def test_a_spill_too_small_for_two_chunks_per_ring_is_refused() -> None:
+    err = error_of("[spill]\nmax_bytes = 8388608\n")  # default 1 MiB frames need 16 MiB + 64 KiB
+    assert err.key == "spill.max_bytes"
+    assert "16842752" in err.problem

@@ -1,0 +1,360 @@
+"""agent/spill/store.py: the four class rings under one locked directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from array import array
+from pathlib import Path
+
+import pytest
+
+from agent.spill import SpillError, SpillStore, ring_sizes
+from agent.spill.ring import DATA_OFFSET
+from agent.spill.store import LOCK_NAME, MIN_RING_BYTES, RING_SHARES, ring_file_name
+
+MiB = 1024 * 1024
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def chunk(n: int, first: int = 0, size: int = 120) -> tuple[bytearray, array]:
+    """n events of `size` bytes, numbered from `first`, as the loop holds them."""
+    blob = bytearray()
+    ends = array("I")
+    for i in range(first, first + n):
+        blob += (i.to_bytes(4, "little") * (size // 4 + 1))[:size]
+        ends.append(len(blob))
+    return blob, ends
+
+
+def events(blob: bytes, ends: array) -> list[bytes]:
+    out, start = [], 0
+    for end in ends:
+        out.append(bytes(blob[start:end]))
+        start = end
+    return out
+
+
+def drain_class(store: SpillStore, cls: int) -> list[bytes]:
+    got: list[bytes] = []
+    while (batch := store.read_next(cls)) is not None:
+        assert batch.count == len(batch.ends)
+        got += events(batch.blob, batch.ends)
+        store.release_read(cls)
+    return got
+
+
+def test_round_trip_with_arrays_lists_and_spare_capacity(tmp_path) -> None:
+    store = SpillStore.open(str(tmp_path / "spill"), 8 * MiB)
+    blob, ends = chunk(100)
+    spare = blob + bytearray(5000)  # a chunk buffer with room left at its end
+    assert store.push_back(2, spare, ends)
+    blob2, ends2 = chunk(3, first=100)
+    assert store.push_back(2, memoryview(bytes(blob2)), list(ends2))
+    assert store.pending(2) == 103
+    batch = store.read_next(2)
+    assert batch is not None
+    assert batch.blob == bytes(blob) and batch.ends == ends and batch.ends.typecode == "I"
+    assert store.pending(2) == 3
+    s = store.statistics()
+    assert s.classes[2].pending_events == 3 and s.classes[2].pending_bytes == 360
+    assert s.classes[2].unreleased_events == 100 and s.classes[2].unreleased_bytes == 12000
+    assert s.spilled_events == 103 and s.recovered_events == 100
+    store.release_read(2)
+    assert drain_class(store, 2) == events(blob2, ends2)
+    assert store.read_next(0) is None and store.pending(0) == 0
+    store.close()
+
+
+def test_bad_batches_are_refused(tmp_path) -> None:
+    store = SpillStore.open(str(tmp_path / "spill"), 8 * MiB)
+    with pytest.raises(ValueError):
+        store.push_back(1, b"abc", [])
+    with pytest.raises(ValueError):
+        store.push_back(1, b"abc", [4])  # ends beyond the blob
+    with pytest.raises(ValueError):
+        store.push_back(1, bytes(store.max_batch_bytes(1)), [store.max_batch_bytes(1)])
+    store.close()
+
+
+def test_classes_are_separate_and_survive_close(tmp_path) -> None:
+    d = str(tmp_path / "spill")
+    store = SpillStore.open(d, 8 * MiB)
+    for cls in range(4):
+        for k in range(3):
+            assert store.push_back(cls, *chunk(10, first=cls * 1000 + k * 10))
+    store.close()
+    store = SpillStore.open(d, 8 * MiB)
+    s = store.statistics()
+    assert s.resumed_events == 120 and s.spilled_events == 0 and s.corrupt_records == 0
+    assert [store.pending(c) for c in range(4)] == [30, 30, 30, 30]
+    for cls in range(4):
+        assert drain_class(store, cls) == events(*chunk(30, first=cls * 1000))
+    store.close()
+
+
+def test_sigterm_pattern_keeps_fifo_order(tmp_path) -> None:
+    """[memory head] -> [ring] -> [memory tail] survives a stop/start: the loop
+    unreads what it read, puts its head back in front (newest first) and its tail
+    behind."""
+    d = str(tmp_path / "spill")
+    store = SpillStore.open(d, 8 * MiB)
+    store.push_back(3, *chunk(10, first=100))  # spilled earlier
+    store.push_back(3, *chunk(10, first=110))
+    assert store.read_next(3) is not None  # drained into memory, not delivered
+    store.unread_all()
+    assert store.statistics().recovered_events == 0
+    store.push_front(3, *chunk(10, first=90))  # memory head, newest first
+    store.push_front(3, *chunk(10, first=80))
+    store.push_back(3, *chunk(10, first=120))  # memory tail
+    store.close()
+    store = SpillStore.open(d, 8 * MiB)
+    assert drain_class(store, 3) == events(*chunk(50, first=80))
+    store.close()
+
+
+def test_push_front_refuses_while_records_are_read(tmp_path) -> None:
+    store = SpillStore.open(str(tmp_path / "spill"), 8 * MiB)
+    store.push_back(0, *chunk(2))
+    store.read_next(0)
+    with pytest.raises(RuntimeError):
+        store.push_front(0, *chunk(2))
+    with pytest.raises(RuntimeError):
+        store.drop_front(0)
+    store.close()
+
+
+def test_full_ring_and_drop_front(tmp_path) -> None:
+    store = SpillStore.open(str(tmp_path / "spill"), 8 * MiB)  # critical ring: 1 MiB
+    pushed = 0
+    while store.push_back(0, *chunk(500, first=pushed)):
+        pushed += 500
+    assert pushed > 0 and store.pending(0) == pushed
+    assert store.drop_front(0) == 500
+    assert store.push_back(0, *chunk(500, first=pushed))
+    s = store.statistics().classes[0]
+    assert s.dropped_events == 500 and s.pending_events == pushed
+    assert drain_class(store, 0)[0] == events(*chunk(1, first=500))[0]
+    assert store.drop_front(0) == 0
+    store.close()
+
+
+def test_second_store_on_the_same_dir_is_refused(tmp_path) -> None:
+    d = str(tmp_path / "spill")
+    first = SpillStore.open(d, 8 * MiB)
+    with pytest.raises(SpillError) as err:
+        SpillStore.open(d, 8 * MiB)
+    assert str(err.value) == f"spill dir {d} is in use by another edge-agent (pid {os.getpid()})"
+    first.close()
+    SpillStore.open(d, 8 * MiB).close()  # the lock goes with close()
+
+
+def test_lock_held_by_another_process(tmp_path) -> None:
+    d = str(tmp_path / "spill")
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from agent.spill import SpillStore
+        s = SpillStore.open({d!r}, 8 << 20)
+        print("locked", flush=True)
+        sys.stdin.read()
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        with pytest.raises(SpillError, match=rf"in use by another edge-agent \(pid {child.pid}\)"):
+            SpillStore.open(d, 8 * MiB)
+    finally:
+        child.communicate("", timeout=30)
+    SpillStore.open(d, 8 * MiB).close()
+
+
+def test_dir_is_created_private_with_parents(tmp_path) -> None:
+    d = tmp_path / "a" / "b" / "spill"
+    SpillStore.open(str(d), 8 * MiB).close()
+    for p in (d, d.parent, d.parent.parent):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o700, p
+    assert (d / LOCK_NAME).read_text().strip() == str(os.getpid())
+    existing = tmp_path / "mine"
+    existing.mkdir(mode=0o750)
+    os.chmod(existing, 0o750)
+    SpillStore.open(str(existing), 8 * MiB).close()
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o750  # the operator's choice stays
+
+
+def test_dir_that_is_a_file(tmp_path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(SpillError, match=str(f)):
+        SpillStore.open(str(f), 8 * MiB)
+
+
+def test_max_bytes_is_split_by_class(tmp_path) -> None:
+    d = tmp_path / "spill"
+    max_bytes = 64 * MiB + 12345
+    store = SpillStore.open(str(d), max_bytes)
+    sizes = ring_sizes(max_bytes)
+    assert sum(sizes) <= max_bytes
+    assert sizes[0] == sizes[1] and sizes[2] == sizes[3] and sizes[2] > sizes[0]
+    for cls, size in enumerate(sizes):
+        assert abs(size - max_bytes * RING_SHARES[cls] / sum(RING_SHARES)) <= 4096
+        path = d / ring_file_name(cls)
+        assert path.stat().st_size == size
+        assert path.stat().st_blocks * 512 >= size  # preallocated, not sparse
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert store.statistics().file_bytes == sum(sizes)
+    store.close()
+    with pytest.raises(ValueError, match="too small"):
+        ring_sizes(8 * MIN_RING_BYTES - 1)
+
+
+def test_max_bytes_beyond_free_space_fails_up_front(tmp_path) -> None:
+    d = str(tmp_path / "spill")
+    st = os.statvfs(str(tmp_path))
+    avail = st.f_bavail * st.f_frsize
+    too_much = 2 * avail + 8 * MiB
+    with pytest.raises(SpillError) as err:
+        SpillStore.open(d, too_much)
+    msg = str(err.value)
+    assert d in msg and str(too_much) in msg and "available" in msg
+    assert not [n for n in os.listdir(d) if n.endswith(".ring")]  # nothing allocated
+    SpillStore.open(d, 8 * MiB).close()  # and the lock was released
+
+
+@pytest.fixture
+def tiny_fs() -> str:
+    """A 1 MiB tmpfs, when this process may mount one (root in a container that allows it)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    mnt = tempfile.mkdtemp(prefix="tinyfs-")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        os.rmdir(mnt)
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", mnt], check=False)
+        os.rmdir(mnt)
+
+
+def test_filesystem_too_small_is_a_clear_error_and_no_sigbus(tiny_fs: str) -> None:
+    """In a child process, so that a SIGBUS would show as its exit status -7."""
+    code = textwrap.dedent(
+        f"""
+        from agent.spill import SpillError, SpillRing, SpillStore
+        try:
+            SpillStore.open({tiny_fs!r} + "/spill", 8 << 20)
+        except SpillError as exc:
+            print("store:", exc)
+        try:  # the ring alone, past the store's free-space check: posix_fallocate says no
+            SpillRing.open({tiny_fs!r} + "/alone.ring", 4 << 20, 0)
+        except SpillError as exc:
+            print("ring:", exc)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    store_line, ring_line = done.stdout.splitlines()
+    assert f"spill dir {tiny_fs}/spill" in store_line and str(8 << 20) in store_line
+    assert "available" in store_line
+    assert f"{tiny_fs}/alone.ring" in ring_line and str(4 << 20) in ring_line
+    assert "ENOSPC" in ring_line and "available" in ring_line
+
+
+def test_kill_9_loses_nothing_that_reached_a_ring(tmp_path) -> None:
+    """A real SIGKILL: what push_back returned True for comes back, the batch read
+    but not released comes back, the released one does not; the lock dies with
+    the process."""
+    d = str(tmp_path / "spill")
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        from array import array
+        from agent.spill import SpillStore
+        s = SpillStore.open({d!r}, 8 << 20)
+        for b in range(20):
+            blob = bytearray()
+            ends = array("I")
+            for i in range(b * 50, b * 50 + 50):
+                blob += i.to_bytes(4, "little") * 30
+                ends.append(len(blob))
+            assert s.push_back(b % 4, blob, ends)
+        s.read_next(0); s.release_read(0)   # delivered
+        s.read_next(1)                      # in memory, not delivered
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60, check=False)
+    assert done.returncode == -9
+    store = SpillStore.open(d, 8 * MiB)
+    s = store.statistics()
+    assert s.corrupt_records == 0 and s.resumed_events == 19 * 50
+    for cls in range(4):
+        got = [int.from_bytes(e[:4], "little") for e in drain_class(store, cls)]
+        batches = [b for b in range(20) if b % 4 == cls and not (cls == 0 and b == 0)]
+        assert got == [i for b in batches for i in range(b * 50, b * 50 + 50)]
+    store.close()
+
+
+def test_corrupt_ring_does_not_stop_the_store(tmp_path) -> None:
+    d = tmp_path / "spill"
+    store = SpillStore.open(str(d), 8 * MiB)
+    for k in range(4):
+        store.push_back(2, *chunk(10, first=k * 10))
+    store.close()
+    ring = d / ring_file_name(2)
+    with open(ring, "r+b") as f:
+        f.seek(DATA_OFFSET + 100)  # inside the first record's payload
+        f.write(b"\xff\xff\xff\xff")
+    store = SpillStore.open(str(d), 8 * MiB)
+    s = store.statistics()
+    assert s.corrupt_records == 1 and s.classes[2].corrupt_records == 1
+    assert drain_class(store, 2) == events(*chunk(30, first=10))
+    store.close()
+
+
+def test_flush_and_close_are_idempotent(tmp_path) -> None:
+    store = SpillStore.open(str(tmp_path / "spill"), 8 * MiB)
+    store.flush()
+    flushes = store.statistics().flushes
+    store.push_back(3, *chunk(5))
+    store.flush()
+    assert store.statistics().flushes == flushes + 1
+    store.flush()  # nothing new to sync
+    assert store.statistics().flushes == flushes + 1
+    for cls in range(4):
+        for k in range(10):
+            store.push_back(cls, *chunk(500, first=k))
+    calls = 1
+    while not store.flush(max_bytes=256 * 1024):
+        calls += 1
+        assert calls < 100
+    assert calls >= 4  # ~2.4 MB dirty in 256 KiB steps (spans round to pages)
+    assert store.flush()
+    store.close()
+    store.close()

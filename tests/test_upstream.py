@@ -1,0 +1,292 @@
+"""agent/upstream.py: the header, subscription tracking, seq and NODROP, over real
+ZeroMQ on inproc:// endpoints of a context private to each test (no ports, no
+files: parallel-safe). Waiting is for a condition with a deadline, driven by
+polling the XPUB socket itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import cbor2
+import pytest
+import zmq
+
+from agent.classes import CLASS_TOPICS, CLASSES, EventClass
+from agent.settings import UpstreamSettings
+from agent.upstream import Upstream, encode_header
+
+C, H, N, L = EventClass.CRITICAL, EventClass.HIGH, EventClass.NORMAL, EventClass.LOW
+ENDPOINT = "inproc://upstream"
+TIMEOUT_S = 5.0
+ALL = [True] * len(CLASSES)
+NONE = [False] * len(CLASSES)
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def up(ctx: zmq.Context) -> Iterator[Upstream]:
+    settings = UpstreamSettings(bind=(ENDPOINT,), sndhwm=1, sndbuf_bytes=4096)
+    upstream = Upstream(ctx, settings, agent_id="gw-test", epoch=42)
+    yield upstream
+    upstream.sock.setsockopt(zmq.LINGER, 0)
+    upstream.close()
+
+
+def sub(ctx: zmq.Context, *topics: bytes, rcvhwm: int = 1000) -> zmq.Socket:
+    """A SUB on the upstream endpoint. Keep a reference: pyzmq closes a socket
+    that is garbage collected, and the close unsubscribes it."""
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVHWM, rcvhwm)
+    s.connect(ENDPOINT)
+    for t in topics:
+        s.subscribe(t)
+    return s
+
+
+def wait_until(up: Upstream, condition: Callable[[], bool], what: str) -> None:
+    """Process subscription messages until `condition` holds; fail after TIMEOUT_S."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        up.handle_subscriptions()
+        if condition():
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"timed out waiting for {what}; deliverable={up.deliverable}")
+        up.sock.poll(min(50, int(remaining * 1000) + 1), zmq.POLLIN)
+
+
+def recv_message(s: zmq.Socket) -> list[bytes]:
+    assert s.poll(int(TIMEOUT_S * 1000), zmq.POLLIN), "no message within the deadline"
+    return s.recv_multipart()
+
+
+def header_of(msg: list[bytes]) -> dict[str, object]:
+    return cbor2.loads(msg[1])
+
+
+# ------------------------------------------------------------------- header
+
+
+def test_header_decodes_to_the_contract_fields() -> None:
+    h = cbor2.loads(encode_header("gw-7", 1700000000, 3, 256))
+    assert h == {"agent": "gw-7", "epoch": 1700000000, "seq": 3, "count": 256}
+    assert isinstance(h["agent"], str)
+    assert all(type(h[k]) is int for k in ("epoch", "seq", "count"))
+
+
+def test_header_is_one_cbor_map_and_nothing_else() -> None:
+    raw = encode_header("a", 0, 1, 1)
+    assert raw[0] >> 5 == 5  # major type 5: a map
+    assert cbor2.dumps(cbor2.loads(raw)) == raw
+
+
+# ------------------------------------------------------------ subscriptions
+
+
+def test_no_subscriber_nothing_is_deliverable(up: Upstream) -> None:
+    assert up.deliverable == NONE
+    assert up.handle_subscriptions() is False
+    assert up.deliverable == NONE
+    assert up.subscribers == 0
+    assert up.statistics().subscribers == 0
+
+
+def test_subscribing_to_critical_makes_only_critical_deliverable(
+    ctx: zmq.Context, up: Upstream
+) -> None:
+    s = sub(ctx, b"critical")
+    wait_until(up, lambda: up.deliverable[C], "critical subscription")
+    assert up.deliverable == [True, False, False, False]
+    assert up.subscribers == 1
+    s.close()
+
+
+def test_subscribing_to_everything_makes_all_deliverable(ctx: zmq.Context, up: Upstream) -> None:
+    s = sub(ctx, b"")
+    wait_until(up, lambda: all(up.deliverable), "subscription to all")
+    assert up.deliverable == ALL
+    s.close()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        (b"c", [True, False, False, False]),
+        (b"hi", [False, True, False, False]),
+        (b"low", [False, False, False, True]),
+        (b"normal", [False, False, True, False]),
+    ],
+)
+def test_subscriptions_match_by_prefix(
+    ctx: zmq.Context, up: Upstream, prefix: bytes, expected: list[bool]
+) -> None:
+    s = sub(ctx, prefix)
+    wait_until(up, lambda: any(up.deliverable), "a prefix subscription")
+    assert up.deliverable == expected
+    s.close()
+
+
+def test_longer_topic_than_class_matches_nothing(ctx: zmq.Context, up: Upstream) -> None:
+    # b"criticality" is not a prefix of b"critical"; b"low" after it is the marker
+    # that both subscriptions were processed (one pipe delivers in order).
+    s = sub(ctx, b"criticality", b"low")
+    wait_until(up, lambda: up.deliverable[L], "the marker subscription")
+    assert up.deliverable == [False, False, False, True]
+    s.close()
+
+
+def test_unsubscribe_makes_it_undeliverable_again(ctx: zmq.Context, up: Upstream) -> None:
+    s = sub(ctx, b"critical", b"high")
+    wait_until(up, lambda: up.deliverable[C] and up.deliverable[H], "two subscriptions")
+    s.unsubscribe(b"critical")
+    wait_until(up, lambda: not up.deliverable[C], "critical unsubscribed")
+    assert up.deliverable == [False, True, False, False]
+    s.unsubscribe(b"high")
+    wait_until(up, lambda: not any(up.deliverable), "all unsubscribed")
+    assert up.subscribers == 0
+
+
+def test_disconnect_makes_it_undeliverable_again(ctx: zmq.Context, up: Upstream) -> None:
+    s = sub(ctx, b"")
+    wait_until(up, lambda: all(up.deliverable), "subscription to all")
+    s.close()
+    wait_until(up, lambda: not any(up.deliverable), "the disconnect")
+    assert up.subscribers == 0
+
+
+def test_one_of_two_subscribers_leaving_keeps_the_class_deliverable(
+    ctx: zmq.Context, up: Upstream
+) -> None:
+    a = sub(ctx, b"critical")
+    b = sub(ctx, b"critical", b"low")
+    wait_until(up, lambda: up.deliverable[C] and up.deliverable[L], "both subscribers")
+    a.close()
+    b.unsubscribe(b"low")  # a marker: b's pipe is processed after a's disconnect
+    wait_until(up, lambda: not up.deliverable[L], "the marker unsubscribe")
+    # b's own unsubscribe of low is processed, so a's disconnect may or may not
+    # be yet; either way b still wants critical.
+    assert up.deliverable[C]
+    b.close()
+    wait_until(up, lambda: not any(up.deliverable), "both gone")
+
+
+def test_duplicate_subscription_from_one_peer_is_forgotten_when_it_leaves(
+    ctx: zmq.Context, up: Upstream
+) -> None:
+    """A SUB that subscribes to the same topic twice (a reconnect helper that
+    re-subscribes, say) and then disconnects leaves no subscriber behind.
+
+    With XPUB_VERBOSER each subscribe reaches the XPUB (two b"\\x01critical"),
+    but libzmq sends one b"\\x00critical" per (peer, topic) when the peer leaves.
+    Counting those messages leaves critical "deliverable" with nobody connected,
+    and libzmq then discards every critical message sent (FACTS.md: a PUB with
+    no matching subscriber drops silently) while send_batch reports success.
+    """
+    s = sub(ctx, b"critical", b"critical", b"low")
+    # One pipe delivers in order: low seen => both critical subscribes seen.
+    wait_until(up, lambda: up.deliverable[L], "the subscriptions")
+    assert up.deliverable == [True, False, False, True]
+    s.close()
+    # libzmq queues every unsubscribe of a terminated pipe at once: when low is
+    # gone, whatever the disconnect will say about critical has been said.
+    wait_until(up, lambda: not up.deliverable[L], "the disconnect")
+    assert up.deliverable == NONE, "critical still deliverable with no subscriber left"
+
+
+def test_data_from_a_peer_is_not_a_subscription(ctx: zmq.Context, up: Upstream) -> None:
+    x = ctx.socket(zmq.XSUB)
+    x.setsockopt(zmq.LINGER, 0)
+    x.connect(ENDPOINT)
+    x.send(b"hello")  # first byte neither 0 nor 1: passed up as data by libzmq
+    x.send(b"\x02critical")
+    x.send(b"\x01low")
+    wait_until(up, lambda: up.deliverable[L], "the real subscription")
+    assert up.deliverable == [False, False, False, True]
+    assert up.subscribers == 1
+
+
+# ---------------------------------------------------------------- sending
+
+
+def test_seq_starts_at_one_per_class_and_messages_have_three_frames(
+    ctx: zmq.Context, up: Upstream
+) -> None:
+    s = sub(ctx, b"")
+    wait_until(up, lambda: all(up.deliverable), "subscription to all")
+    sends = [(C, b"\xa0", 1), (L, b"\xa0\xa0", 2), (C, b"\xa1", 1), (H, b"", 0), (C, b"x", 1)]
+    for cls, body, count in sends:
+        assert up.send_batch(cls, body, count)
+    seen: dict[bytes, list[int]] = {}
+    for cls, body, count in sends:
+        msg = recv_message(s)
+        assert len(msg) == 3
+        assert msg[0] == CLASS_TOPICS[cls]
+        assert header_of(msg) == {
+            "agent": "gw-test",
+            "epoch": 42,
+            "seq": len(seen.get(msg[0], [])) + 1,
+            "count": count,
+        }
+        assert msg[2] == body
+        seen.setdefault(msg[0], []).append(header_of(msg)["seq"])  # type: ignore[arg-type]
+    assert seen == {b"critical": [1, 2, 3], b"low": [1], b"high": [1]}
+    st = up.statistics()
+    assert (st.messages, st.events, st.blocked) == (5, 5, 0)
+
+
+def test_a_filtered_subscriber_gets_only_its_class(ctx: zmq.Context, up: Upstream) -> None:
+    s = sub(ctx, b"critical")
+    wait_until(up, lambda: up.deliverable[C], "critical subscription")
+    # Sent while nobody wants low: libzmq drops it (the loop never does this;
+    # here it shows that the topic frame is what the SUB filters on).
+    assert up.send_batch(L, b"low-body", 1)
+    assert up.send_batch(C, b"crit-body", 1)
+    msg = recv_message(s)
+    assert msg[0] == b"critical" and msg[2] == b"crit-body"
+    assert header_of(msg)["seq"] == 1
+
+
+def test_slow_subscriber_refuses_sends_without_advancing_seq(
+    ctx: zmq.Context, up: Upstream
+) -> None:
+    s = sub(ctx, b"", rcvhwm=1)
+    wait_until(up, lambda: all(up.deliverable), "subscription to all")
+    sent = 0
+    # sndhwm=1 + rcvhwm=1 over inproc: the pipe holds a couple of messages.
+    for _ in range(10_000):
+        if not up.send_batch(N, b"body-%d" % (sent + 1), 1):
+            break
+        sent += 1
+    else:
+        pytest.fail("NODROP never refused a send to a subscriber that does not read")
+    assert sent >= 1
+    # Refused again and again: nothing sent, seq stays.
+    for _ in range(3):
+        assert not up.send_batch(N, b"refused", 1)
+    st = up.statistics()
+    assert st.messages == sent and st.events == sent and st.blocked == 4
+    # The subscriber reads: nothing was dropped, no gap, no refused body.
+    got = [recv_message(s) for _ in range(sent)]
+    assert [header_of(m)["seq"] for m in got] == list(range(1, sent + 1))
+    assert [m[2] for m in got] == [b"body-%d" % i for i in range(1, sent + 1)]
+    assert all(m[0] == b"normal" and len(m) == 3 for m in got)
+    # Room again: the next successful send carries seq sent + 1.
+    deadline = time.monotonic() + TIMEOUT_S
+    while not up.send_batch(N, b"after", 1):
+        assert time.monotonic() < deadline, "send still refused after the subscriber read"
+        up.sock.poll(10, zmq.POLLOUT)
+    msg = recv_message(s)
+    assert header_of(msg)["seq"] == sent + 1
+    assert msg[2] == b"after"
+    # Other classes count independently.
+    assert up.send_batch(C, b"c", 1)
+    assert header_of(recv_message(s))["seq"] == 1
