@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert isinstance(settings, Settings)
     setup_logging(settings.agent.log_level)
     try:
-        return run_agent(settings)
+        return run_agent(settings, args.config)
     except StartupError as e:
         logging.getLogger("agent").error("cannot start: %s", e)
         return EXIT_FAILURE

@@ -25,6 +25,7 @@ data). The HTTP thread only ever sees the immutable `Snapshot` swapped in here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ from agent.classes import CLASSES, EventClass
 from agent.codec import FrameDecoder
 from agent.governor import BufferGovernor
 from agent.http import HttpServer
+from agent.notify import Notifier
 from agent.queues import CHUNK_BYTES, Chunk, ClassQueues
 from agent.settings import Settings
 from agent.spill import SpillError, SpillStore
@@ -113,9 +115,12 @@ class _ClassCounters:
 
 
 class Agent:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_path: str | None = None) -> None:
         self.settings = settings
+        self.config_path = config_path
+        self.notifier = Notifier.from_environ()
         self._stop_requested = False
+        self._reload_requested = False
         self._state = "starting"
         self._snapshot: Snapshot | None = None
         self._started_wall = time.time()
@@ -158,6 +163,7 @@ class Agent:
                 old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
                 old_term = signal.signal(signal.SIGTERM, self._on_signal)
                 old_int = signal.signal(signal.SIGINT, self._on_signal)
+                old_hup = signal.signal(signal.SIGHUP, self._on_sighup)
                 try:
                     self._publish_snapshot(time.monotonic())
                     self.http = HttpServer(s.http.host, s.http.port, self.snapshot)
@@ -169,6 +175,8 @@ class Agent:
                     try:
                         self._state = "running"
                         self._publish_snapshot(time.monotonic())
+                        # READY=1 only now: sockets bound, rings recovered, HTTP up.
+                        self.notifier.ready(f"epoch {self.epoch}, serving")
                         log.info(
                             "ready: agent %s epoch %d, http://%s:%d%s",
                             s.agent.id,
@@ -183,6 +191,7 @@ class Agent:
                 finally:
                     signal.signal(signal.SIGTERM, old_term)
                     signal.signal(signal.SIGINT, old_int)
+                    signal.signal(signal.SIGHUP, old_hup)
                     signal.set_wakeup_fd(old_fd)
                     self._wake_r.close()
                     self._wake_w.close()
@@ -251,6 +260,10 @@ class Agent:
         self._next_flush = 0.0
         self._next_drop_log = 0.0
         self._dropped_unlogged = [0] * len(CLASSES)
+        interval = self.notifier.watchdog_interval_s()
+        # Ping at half the interval (sd_watchdog_enabled(3)).
+        self._watchdog_every = interval / 2 if interval else None
+        self._next_watchdog = 0.0
         self._drain_rate = 0.0  # events/s recovered, smoothed, for the ETA
         self._spilling = False
         self._turned_at = time.monotonic()
@@ -268,6 +281,55 @@ class Agent:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stop_requested = True
+
+    def _on_sighup(self, signum: int, frame: object) -> None:
+        self._reload_requested = True
+
+    # -- SIGHUP ------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """Re-read the config file and apply what can change safely at run time
+        (class rules, batching, log level). Queued events keep their class and
+        their order; new rules apply to events decoded from now on. Anything
+        else that changed is logged as needing a restart and is not applied."""
+        from agent.config import RELOADABLE, ConfigError, changed_keys, load_config
+
+        self._reload_requested = False
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file to reload")
+            return
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            log.error("SIGHUP: config not reloaded, keeping the running one: %s", e)
+            self.notifier.ready("reload failed, running config kept")
+            return
+        changed = changed_keys(self.settings, new)
+        applied = [k for k in changed if k in RELOADABLE]
+        restart = [k for k in changed if k not in RELOADABLE]
+        old = self.settings
+        self.decoder.set_rules(new.classes)
+        u = new.upstream
+        self.policy = BatchPolicy(u.batch_max_events, u.batch_max_bytes, u.linger_ms / 1000)
+        logging.getLogger().setLevel(new.agent.log_level.upper())
+        # Keep what was not applied as it runs, so the next reload compares
+        # against the truth and repeats the restart warning.
+        self.settings = dataclasses.replace(
+            old,
+            agent=dataclasses.replace(old.agent, log_level=new.agent.log_level),
+            upstream=dataclasses.replace(
+                old.upstream,
+                batch_max_events=u.batch_max_events,
+                batch_max_bytes=u.batch_max_bytes,
+                linger_ms=u.linger_ms,
+            ),
+            classes=new.classes,
+        )
+        log.info("SIGHUP: reloaded %s: applied %s", self.config_path, ", ".join(applied) or "nothing")
+        if restart:
+            log.warning("SIGHUP: these changed keys need a restart to apply: %s", ", ".join(restart))
+        self.notifier.ready("config reloaded")
 
     # -- the loop ----------------------------------------------------------------
 
@@ -551,6 +613,12 @@ class Agent:
     # -- timers ----------------------------------------------------------------
 
     def _timers(self, now: float) -> None:
+        if self._reload_requested:
+            self._reload()
+        if self._watchdog_every is not None and now >= self._next_watchdog:
+            # From the loop itself: if this thread stalls, systemd restarts us.
+            self.notifier.watchdog()
+            self._next_watchdog = now + self._watchdog_every
         if now >= self._next_flush:
             # msync in bounded steps: 16 MiB dirty took 7-12 ms in one call
             # here, 4 MiB steps 2-7 ms each, so a flush never holds the loop
@@ -664,6 +732,10 @@ class Agent:
         """SIGTERM: accept until ingest is quiet (bounded), then park everything
         held in memory on disk, flush, and return."""
         self._state = "stopping"
+        self.notifier.stopping("stopping: parking events on disk")
+        # Accepting (<= 3 s) then parking up to the whole budget and an msync:
+        # ask systemd for time beyond TimeoutStopSec if it is short.
+        self.notifier.extend_timeout(60_000_000)
         log.info("stopping: accepting until ingest is quiet")
         start = last_frame = time.monotonic()
         while True:
@@ -734,10 +806,10 @@ class Agent:
         return n, True
 
 
-def run_agent(settings: Settings) -> int:
+def run_agent(settings: Settings, config_path: str | None = None) -> int:
     """Run the agent in the foreground; the CLI's `run`."""
     try:
-        a = Agent(settings)
+        a = Agent(settings, config_path)
     except SpillError as e:
         raise StartupError(str(e)) from e
     try:

@@ -84,6 +84,7 @@ def split_sequence(body: bytes) -> list[bytes]:
 
 class AgentProcess:
     def __init__(self, workdir: str, name: str = "agent", **overrides: dict[str, object]) -> None:
+        self.overrides = overrides
         self.dir = workdir
         self.ingest = f"ipc://{workdir}/in"
         self.upstream = f"ipc://{workdir}/out"
@@ -99,18 +100,24 @@ class AgentProcess:
         for table, keys in overrides.items():
             doc.setdefault(table, {}).update(keys)
         self.config = os.path.join(workdir, f"{name}.toml")
-        with open(self.config, "w") as f:
-            f.write(render_toml(doc))
+        self.doc = doc
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self.url = ""
+        self.write_config()
+
+    def write_config(self) -> None:
+        with open(self.config, "w") as f:
+            f.write(render_toml(self.doc))
 
     # -- process -------------------------------------------------------------
 
-    def start(self, timeout: float = 20.0) -> AgentProcess:
+    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> AgentProcess:
         self.lines = []
-        env = dict(os.environ)
-        env.pop("NOTIFY_SOCKET", None)
+        base = dict(os.environ)
+        for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
+            base.pop(var, None)
+        env = {**base, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", self.config],
             stderr=subprocess.PIPE,
