@@ -67,6 +67,9 @@ TOO_DEEP = "too_deep"  # an item enclosed by more than max_depth containers/tags
 NOT_A_MAP = "not_a_map"  # a well-formed item that is neither a map nor 55799(map)
 MISSING_FIELD = "missing_field"  # "meter", "ts" or "type" absent
 BAD_FIELD_TYPE = "bad_field_type"  # "meter"/"ts"/"type" present with the wrong type
+# Decided by the loop, not here (a frame never knows it was one of several):
+# a multipart ZeroMQ message, rejected whole (INTERFACE.md).
+MULTIPART = "multipart"
 
 REASONS: tuple[str, ...] = (
     EMPTY_FRAME,
@@ -424,4 +427,4 @@ class FrameDecoder:
         result.rejected[reason] = result.rejected.get(reason, 0) + 1
 
 
-__all__ = ["REASONS", "DecodeResult", "FrameDecoder", "reason_for"]
+__all__ = ["MULTIPART", "REASONS", "DecodeResult", "FrameDecoder", "reason_for"]

@@ -13,9 +13,10 @@ thread's life cycle. It promises:
 - `HttpServer.start()` binds before it returns, so a bad `[http] bind` fails
   start-up with an OSError naming host:port instead of dying later in a thread.
 
-Later routes (`GET /metrics`, `GET /`) are added in `make_app` next to the two
-below; a route returns a dict (sent as JSON), a `(status, dict)` pair, or a
-ready `str`/`bytes` body with its own content type.
+Routes: the backpressure JSON and `/healthz` (here), `GET /metrics` (Prometheus
+text, agent/metrics.py) and `GET /` (the technician's status page,
+agent/page.py). A route returns a dict (sent as JSON), a `(status, dict)`
+pair, or a ready `str`/`bytes` body with its own content type.
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import bottle
 
+from agent import metrics, page
 from agent.stats import Snapshot
 
 log = logging.getLogger("agent.http")
 
 BACKPRESSURE_PATH = "/api/v1/gateway/backpressure"
 HEALTHZ_PATH = "/healthz"
+METRICS_PATH = "/metrics"
+STATUS_PAGE_PATH = "/"
 
 # A client that connects and then sends nothing holds the only serving thread
 # (wsgiref answers one request at a time). 5 s is far above any real request on
@@ -92,8 +96,20 @@ def make_app(
             status, code = "ok", 200
         return code, {"status": status, "loop_age_s": round(age, 3), "state": snap.state}
 
-    # GET /metrics (Prometheus text) and GET / (status page) belong here: each
-    # renders one snapshot() and returns a str with its own content type.
+    @app.get(METRICS_PATH)
+    def metrics_text() -> bytes:
+        snap = snapshot()
+        body = metrics.render(snap, loop_age_s=clock() - snap.loop_monotonic)
+        bottle.response.content_type = metrics.CONTENT_TYPE
+        bottle.response.set_header("Cache-Control", "no-store")
+        return body
+
+    @app.get(STATUS_PAGE_PATH)
+    def status_page() -> bytes:
+        # Static: the page fetches the snapshot itself (agent/page.py).
+        for name, value in page.HEADERS:
+            bottle.response.set_header(name, value)
+        return page.BODY_BYTES
 
     @app.error(404)
     def not_found(err: bottle.HTTPError) -> str:

@@ -24,6 +24,7 @@ data). The HTTP thread only ever sees the immutable `Snapshot` swapped in here.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -39,14 +40,21 @@ from zmq.utils.monitor import recv_monitor_message
 import agent
 from agent.batching import BatchPolicy
 from agent.classes import CLASSES, EventClass
-from agent.codec import FrameDecoder
+from agent.codec import MULTIPART, FrameDecoder
 from agent.governor import BufferGovernor
 from agent.http import HttpServer
 from agent.notify import Notifier
 from agent.queues import CHUNK_BYTES, Chunk, ClassQueues
 from agent.settings import Settings
 from agent.spill import SpillError, SpillStore
-from agent.stats import BufferStats, ClassStats, IngestStats, Snapshot, SpillStats
+from agent.stats import (
+    BufferStats,
+    ClassStats,
+    IngestStats,
+    LatencyRecorder,
+    Snapshot,
+    SpillStats,
+)
 
 log = logging.getLogger("agent.loop")
 
@@ -267,6 +275,14 @@ class Agent:
         self._drain_rate = 0.0  # events/s recovered, smoothed, for the ETA
         self._spilling = False
         self._turned_at = time.monotonic()
+        self.latency = LatencyRecorder()
+        # (events, arrival time) per ingest burst of critical events still in
+        # memory, in queue order: what the latency histogram measures against.
+        # Only kept while critical holds nothing on disk; a critical spill (its
+        # memory full) makes them ambiguous, so they are dropped until the
+        # queue is empty again.
+        self._critical_arrivals: collections.deque[list[float]] = collections.deque()
+        self._arrivals_valid = True
         for cls in CLASSES:
             if self.store.pending(cls):
                 # Recovered from a previous run: new events queue behind them.
@@ -388,6 +404,7 @@ class Agent:
     # -- ingest ----------------------------------------------------------------
 
     def _ingest(self) -> bool:
+        arrived = time.monotonic()  # the frames of this burst were here by now
         recv = self.pull.recv
         more = self.pull.getsockopt
         frames: list[bytes] = []
@@ -410,7 +427,7 @@ class Agent:
             if nbytes >= INGEST_MAX_BYTES:
                 break
         if multipart:
-            self.rejected["multipart"] = self.rejected.get("multipart", 0) + multipart
+            self.rejected[MULTIPART] = self.rejected.get(MULTIPART, 0) + multipart
         if not frames:
             return multipart > 0
         result = self.decoder.decode_frames(frames)
@@ -424,6 +441,8 @@ class Agent:
                 q = self.queues[cls]
                 q.push_many(events)
                 self.counters[cls].received += len(events)
+                if cls == CRITICAL and self._arrivals_valid and not q.hold_back:
+                    self._critical_arrivals.append([len(events), arrived])
                 if self._pending_since[cls] is None and q.front_events:
                     self._pending_since[cls] = now
         return True
@@ -486,6 +505,9 @@ class Agent:
             blob, ends = chunk.remaining()
             push = self.store.push_front if q.spills_ahead_of_ring(chunk) else self.store.push_back
             if push(cls, blob, ends):
+                if cls == CRITICAL:
+                    self._critical_arrivals.clear()
+                    self._arrivals_valid = False
                 self.counters[cls].spilled += len(ends)
                 freed = chunk.capacity
                 q.commit_spill(chunk)
@@ -558,6 +580,8 @@ class Agent:
                     self.store.release_read(cls)
                     q.recycle(emptied)
                 counters.delivered += count
+                if cls == CRITICAL:
+                    self._observe_critical(count, now)
                 sends += 1
                 if sends >= PUBLISH_MAX_SENDS:
                     self._pending_since[cls] = now if q.front_events else None
@@ -565,6 +589,21 @@ class Agent:
                 if cls != CRITICAL and not policy.due(cls, q.front_events, q.front_bytes, 0.0):
                     break  # a partial batch left: it lingers from now
             self._pending_since[cls] = now if q.front_events else None
+
+    def _observe_critical(self, count: int, now: float) -> None:
+        now = time.monotonic()  # the hand-off itself, not the turn's start
+        arrivals = self._critical_arrivals
+        while count and arrivals:
+            mark = arrivals[0]
+            n = min(count, int(mark[0]))
+            self.latency.observe(now - mark[1], n)
+            count -= n
+            mark[0] -= n
+            if not mark[0]:
+                arrivals.popleft()
+        if not self.queues[CRITICAL].events:
+            self._critical_arrivals.clear()
+            self._arrivals_valid = True
 
     # -- drain -----------------------------------------------------------------
 
@@ -724,6 +763,7 @@ class Agent:
                 paused=getattr(self, "paused", False),
             ),
             upstream=self.upstream.statistics(),
+            critical_latency=self.latency.snapshot() if queues is not None else LatencyRecorder().snapshot(),
         )
 
     # -- stop --------------------------------------------------------------------

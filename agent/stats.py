@@ -10,7 +10,9 @@ filled in by the loop.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
 from typing import Any
 
 from agent.classes import CLASS_NAMES
@@ -71,6 +73,50 @@ class UpstreamStats:
     blocked: int = 0  # sends refused by XPUB_NODROP (a slow subscriber)
 
 
+# Upper bounds (s) of the critical latency histogram: dense around the
+# contract's 100 ms (INTERFACE.md "Events out"; IEC 61850-5 TT3), coarse beyond
+# (an alert that waited for a subscriber, or on disk). The +Inf bucket is `count`.
+CRITICAL_LATENCY_BOUNDS_S: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyHistogram:
+    """Critical events from arrival in the loop (the turn that read their frame)
+    to hand-off to the upstream socket. Cumulative like Prometheus: buckets[i] =
+    (upper bound s, events <= it); `count` is the +Inf bucket."""
+
+    buckets: tuple[tuple[float, int], ...] = tuple((b, 0) for b in CRITICAL_LATENCY_BOUNDS_S)
+    sum_s: float = 0.0
+    count: int = 0
+
+
+class LatencyRecorder:
+    """The loop's side of the histogram: observe() per hand-off, snapshot() per turn."""
+
+    __slots__ = ("_bounds", "_counts", "_sum_s", "_count")
+
+    def __init__(self, bounds: tuple[float, ...] = CRITICAL_LATENCY_BOUNDS_S) -> None:
+        self._bounds = bounds
+        self._counts = [0] * len(bounds)  # per bucket; beyond the last bound: count only
+        self._sum_s = 0.0
+        self._count = 0
+
+    def observe(self, latency_s: float, events: int = 1) -> None:
+        i = bisect.bisect_left(self._bounds, latency_s)  # on a bound counts in it (le)
+        if i < len(self._counts):
+            self._counts[i] += events
+        self._sum_s += latency_s * events
+        self._count += events
+
+    def snapshot(self) -> LatencyHistogram:
+        cumulative = itertools.accumulate(self._counts)
+        return LatencyHistogram(
+            tuple(zip(self._bounds, cumulative, strict=True)), self._sum_s, self._count
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     agent_id: str
@@ -85,6 +131,7 @@ class Snapshot:
     spill: SpillStats
     ingest: IngestStats
     upstream: UpstreamStats
+    critical_latency: LatencyHistogram = LatencyHistogram()
 
     def to_json(self) -> dict[str, Any]:
         b = self.buffer
@@ -145,6 +192,13 @@ class Snapshot:
                 "messages": self.upstream.messages,
                 "events": self.upstream.events,
                 "blocked": self.upstream.blocked,
+            },
+            "latency": {
+                "critical": {
+                    "count": self.critical_latency.count,
+                    "sum_s": round(self.critical_latency.sum_s, 6),
+                    "buckets": [[le, n] for le, n in self.critical_latency.buckets],
+                }
             },
             "agent": {
                 "id": self.agent_id,

@@ -4,6 +4,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import zmq
+from hypothesis import HealthCheck, settings
+
+# Property tests check behaviour, not speed: on a shared 2-core box (CI runs
+# the suite there, two workers) hypothesis' per-example deadline and its
+# too_slow health check measured the neighbours' load, not our code.
+settings.register_profile(
+    "edge-agent", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("edge-agent")
 
 from harness import AgentProcess, short_tempdir
 

@@ -340,3 +340,55 @@ def test_an_error_outside_any_route_is_still_json_and_logged(
     assert started[0].startswith("500")
     assert json.loads(body)["error"] == "internal error"
     assert any("hook failed" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- metrics and the status page
+
+
+@pytest.mark.parametrize("path", ["/", "/metrics"])
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_the_status_page_and_metrics_are_read_only(
+    server: HttpServer, path: str, method: str
+) -> None:
+    status, headers, body = request(server, path, method)
+    assert status == 405
+    assert headers["Content-Type"].startswith("application/json")
+    assert json.loads(body)["error"] == "method not allowed"
+
+
+def test_metrics_and_the_page_answer_get_and_head(server: HttpServer) -> None:
+    for path, kind in (("/metrics", "text/plain; version=0.0.4"), ("/", "text/html")):
+        status, headers, body = request(server, path)
+        assert status == 200 and body, path
+        assert headers["Content-Type"].startswith(kind), path
+        assert headers["Cache-Control"] == "no-store", path
+        status, headers, body = request(server, path, "HEAD")
+        assert (status, body) == (200, b""), path
+
+
+def test_a_failing_snapshot_makes_metrics_a_logged_json_500(
+    box: Box, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> Snapshot:
+        raise RuntimeError("boom")
+
+    srv = HttpServer("127.0.0.1", 0, broken, clock=box.clock)
+    srv.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="agent.http"):
+            status, doc = get_json(srv, "/metrics")
+        assert status == 500
+        assert doc["error"] == "internal error"
+        assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
+        # The page itself does not need a snapshot: it still loads.
+        assert request(srv, "/")[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_page_and_metrics_requests_are_not_printed_to_stderr(
+    server: HttpServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    request(server, "/")
+    request(server, "/metrics")
+    assert capfd.readouterr().err == ""

@@ -1,0 +1,441 @@
+"""`GET /metrics`: the exposition text of a snapshot, read back with Prometheus' own parser.
+
+The rendering is pure (snapshot in, bytes out), so most tests call
+`metrics.render` directly; one goes through real HTTP on loopback (port 0) to
+check the route, its headers and that it agrees with the JSON endpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent import metrics
+from agent.classes import CLASS_NAMES
+from agent.http import HttpServer
+from agent.stats import (
+    BufferStats,
+    ClassStats,
+    IngestStats,
+    Snapshot,
+    SpillStats,
+    UpstreamStats,
+    empty_snapshot,
+)
+
+MiB = 1 << 20
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Histogram:
+    """The shape `Snapshot.critical_latency` will have (see metrics.LatencyHistogram)."""
+
+    buckets: tuple[tuple[float, int], ...]
+    sum_s: float
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencySnapshot(Snapshot):
+    """A Snapshot that carries the critical latency histogram, before stats.py has it."""
+
+    critical_latency: Any = None
+
+
+def busy_snapshot() -> Snapshot:
+    """Every counter non-zero and distinct, totals consistent with their parts."""
+    classes = (
+        ClassStats(received=1_201, queued=3, queued_bytes=420, delivered=1_198),
+        ClassStats(received=45_120, queued=812, queued_bytes=113_000, delivered=44_308),
+        ClassStats(
+            received=3_015_600,
+            queued=48_210,
+            queued_bytes=6_700_000,
+            spilled=1_250_000,
+            pending=182_344,
+            pending_bytes=25_300_000,
+            delivered=2_785_046,
+        ),
+        ClassStats(
+            received=402_700,
+            queued=9_120,
+            queued_bytes=1_200_000,
+            spilled=640_000,
+            pending=96_001,
+            pending_bytes=13_400_000,
+            delivered=296_379,
+            dropped=1_200,
+        ),
+    )
+    return dataclasses.replace(
+        empty_snapshot("gw-north-07", "0.1.0", now=1_764_000_000.25),
+        epoch=1_764_000_000_123,
+        state="running",
+        taken_at=1_764_012_345.5,
+        loop_monotonic=5000.0,
+        classes=classes,
+        buffer=BufferStats(
+            used_bytes=301 * MiB,
+            allocated_bytes=320 * MiB,
+            capacity_bytes=384 * MiB,
+            budget_bytes=512 * MiB,
+            critical_reserve_bytes=32 * MiB,
+            state="spilling",
+        ),
+        spill=SpillStats(
+            enabled=True,
+            dir="/var/lib/edge-agent/spill",
+            spilled_events=sum(c.spilled for c in classes),
+            pending_events=sum(c.pending for c in classes),
+            pending_bytes=sum(c.pending_bytes for c in classes),
+            recovered_events=1_611_655,
+            file_bytes=2048 * MiB,
+            corrupt_records=2,
+            flushes=9_001,
+            drain_eta_s=412.0,
+        ),
+        ingest=IngestStats(
+            frames=400_123,
+            events=3_464_621,
+            rejected_total=1_544,
+            rejected_by_reason=(
+                ("bad_field_type", 12),
+                ("missing_field", 1_480),
+                ("multipart", 52),
+            ),
+            disconnects=3,
+            paused=True,
+            unauthorized=7,
+        ),
+        upstream=UpstreamStats(subscribers=2, messages=90_001, events=3_125_931, blocked=17),
+    )
+
+
+def parse(text: bytes) -> dict[str, Any]:
+    """Family name -> family, through Prometheus' own text parser."""
+    return {f.name: f for f in text_string_to_metric_families(text.decode("utf-8"))}
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value; every series exactly once."""
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text.decode("utf-8")):
+        for s in family.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in out, f"duplicate series {key}"
+            out[key] = s.value
+    return out
+
+
+def value(series: dict[Any, float], name: str, **labels: str) -> float:
+    return series[(name, tuple(sorted(labels.items())))]
+
+
+# ---------------------------------------------------------------- format
+
+
+@pytest.mark.parametrize("snap", [empty_snapshot("gw", "0.1.0"), busy_snapshot()])
+def test_every_family_has_help_and_type_before_its_samples(snap: Snapshot) -> None:
+    text = metrics.render(snap, loop_age_s=0.5).decode("utf-8")
+    assert text.endswith("\n")
+    declared: dict[str, str] = {}  # family -> type
+    helped: set[str] = set()
+    sample_line = re.compile(
+        r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_]\w*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$'
+    )
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name, help_text = line[7:].split(" ", 1)
+            assert name not in helped, f"two HELP lines for {name}"
+            assert help_text.strip(), f"empty HELP for {name}"
+            helped.add(name)
+        elif line.startswith("# TYPE "):
+            name, kind = line[7:].split(" ")
+            assert name in helped, f"TYPE before HELP for {name}"
+            assert name not in declared, f"two TYPE lines for {name}"
+            assert kind in ("counter", "gauge", "histogram"), line
+            declared[name] = kind
+        else:
+            m = sample_line.match(line)
+            assert m, f"not a sample line: {line!r}"
+            name = m.group(1)
+            family = re.sub(r"_(bucket|sum|count)$", "", name)
+            owner = name if name in declared else family
+            assert owner in declared, f"sample {name} before its TYPE line"
+            float(m.group(3))  # the value is a number (Go float syntax)
+    assert declared, "no metric at all"
+    for name, kind in declared.items():
+        assert name.startswith("edge_agent_"), name
+        assert name.endswith("_total") == (kind == "counter"), f"{name} is a {kind}"
+
+
+def test_names_are_in_base_units() -> None:
+    text = metrics.render(busy_snapshot(), loop_age_s=0.0).decode("utf-8")
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    for name in names:
+        # Bytes and seconds only: no _kib/_mb/_ms/_milliseconds/_percent.
+        assert not re.search(r"_(k|m|g)i?b_|_(k|m|g)i?b$|_ms\b|milli|_percent", name), name
+    assert "edge_agent_buffer_used_bytes" in names
+    assert "edge_agent_loop_age_seconds" in names
+
+
+def test_the_content_type_is_the_0_0_4_text_format() -> None:
+    assert metrics.CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+
+
+# ---------------------------------------------------------------- values
+
+
+def test_an_empty_snapshot_has_every_series_at_zero() -> None:
+    snap = empty_snapshot("gw-0", "0.1.0", now=1_700_000_000.0)
+    series = samples(metrics.render(snap))
+    for name in CLASS_NAMES:
+        assert value(series, "edge_agent_events_received_total", **{"class": name}) == 0
+        assert value(series, "edge_agent_queued_bytes", **{"class": name}) == 0
+    # Every known reason is there from the start, so rate() sees the first one.
+    for reason in metrics.KNOWN_REASONS:
+        assert value(series, "edge_agent_ingest_rejected_total", reason=reason) == 0
+    assert value(series, "edge_agent_state", state="starting") == 1
+    assert value(series, "edge_agent_state", state="running") == 0
+    assert value(series, "edge_agent_buffer_state", state="steady") == 1
+    assert value(series, "edge_agent_info", agent_id="gw-0", version="0.1.0") == 1
+    assert value(series, "edge_agent_start_time_seconds") == 1_700_000_000.0
+    # Without a clock reading the loop's age is not made up.
+    assert not any(name == "edge_agent_loop_age_seconds" for name, _ in series)
+    # No histogram until the snapshot carries one; once it does, at zero.
+    if "critical_latency" in {f.name for f in dataclasses.fields(Snapshot)}:
+        assert value(series, "edge_agent_critical_latency_seconds_count") == 0
+        assert value(series, "edge_agent_critical_latency_seconds_bucket", le="+Inf") == 0
+    else:
+        assert not any(name.startswith("edge_agent_critical_latency") for name, _ in series)
+
+
+def test_values_agree_with_the_json_of_the_same_snapshot() -> None:
+    snap = busy_snapshot()
+    doc = json.loads(json.dumps(snap.to_json()))
+    series = samples(metrics.render(snap, loop_age_s=0.25))
+
+    def m(name: str, **labels: str) -> float:
+        return value(series, name, **labels)
+
+    for name in CLASS_NAMES:
+        c = {"class": name}
+        p = doc["priorities"][name]
+        assert m("edge_agent_events_received_total", **c) == p["received"]
+        assert m("edge_agent_events_delivered_total", **c) == p["delivered"]
+        assert m("edge_agent_events_spilled_total", **c) == p["spilled"]
+        assert m("edge_agent_events_dropped_total", **c) == p["dropped"]
+        assert m("edge_agent_queued_events", **c) == p["queued"]
+        assert m("edge_agent_queued_bytes", **c) == p["queued_bytes"]
+        on_disk = doc["spill"]["pending_by_class"][name]
+        assert m("edge_agent_spill_pending_events", **c) == on_disk["events"]
+        assert m("edge_agent_spill_pending_bytes", **c) == on_disk["bytes"]
+
+    # Totals are not exposed twice: they are the sums over the class label.
+    def total(name: str) -> float:
+        return sum(m(name, **{"class": c}) for c in CLASS_NAMES)
+
+    assert total("edge_agent_spill_pending_events") == doc["spill"]["pending_events"]
+    assert total("edge_agent_spill_pending_bytes") == doc["spill"]["pending_bytes"]
+    assert total("edge_agent_events_spilled_total") == doc["spill"]["spilled_events"]
+
+    for field in ("used_bytes", "allocated_bytes", "capacity_bytes", "budget_bytes"):
+        assert m(f"edge_agent_buffer_{field}") == doc["buffer"][field]
+    assert m("edge_agent_buffer_critical_reserve_bytes") == doc["buffer"]["critical_reserve_bytes"]
+    assert m("edge_agent_buffer_state", state=doc["buffer"]["state"]) == 1
+    assert sum(m("edge_agent_buffer_state", state=s) for s in metrics.GOVERNOR_STATES) == 1
+
+    spill = doc["spill"]
+    assert m("edge_agent_spill_file_bytes") == spill["file_bytes"]
+    assert m("edge_agent_spill_recovered_events_total") == spill["recovered_events"]
+    assert m("edge_agent_spill_corrupt_records_total") == spill["corrupt_records"]
+    assert m("edge_agent_spill_flushes_total") == spill["flushes"]
+
+    by_reason = doc["rejected"]["by_reason"]
+    for reason in {*metrics.KNOWN_REASONS, *by_reason}:
+        assert m("edge_agent_ingest_rejected_total", reason=reason) == by_reason.get(reason, 0)
+    rejected = sum(v for (n, _), v in series.items() if n == "edge_agent_ingest_rejected_total")
+    assert rejected == doc["rejected"]["total"]
+
+    ingest = doc["ingest"]
+    assert m("edge_agent_ingest_frames_total") == ingest["frames"]
+    assert m("edge_agent_ingest_events_total") == ingest["events"]
+    assert m("edge_agent_ingest_disconnects_total") == ingest["disconnects"]
+    assert m("edge_agent_ingest_paused") == int(ingest["paused"])
+    assert m("edge_agent_unauthorized_peers_total", socket="ingest") == ingest["unauthorized"]
+
+    upstream = doc["upstream"]
+    assert m("edge_agent_upstream_subscribers") == upstream["subscribers"]
+    assert m("edge_agent_upstream_messages_total") == upstream["messages"]
+    assert m("edge_agent_upstream_events_total") == upstream["events"]
+    assert m("edge_agent_upstream_blocked_total") == upstream["blocked"]
+
+    agent = doc["agent"]
+    assert m("edge_agent_info", agent_id=agent["id"], version=agent["version"]) == 1
+    # Wall-clock milliseconds survive the float64 of the text format exactly.
+    assert m("edge_agent_epoch") == agent["epoch"] == 1_764_000_000_123
+    assert m("edge_agent_start_time_seconds") == agent["started_at"]
+    assert m("edge_agent_state", state=agent["state"]) == 1
+    assert m("edge_agent_loop_age_seconds") == 0.25
+
+
+def test_an_unknown_reason_and_state_are_shown_not_lost() -> None:
+    snap = dataclasses.replace(
+        busy_snapshot(),
+        buffer=BufferStats(state="hibernating"),
+        ingest=IngestStats(rejected_total=5, rejected_by_reason=(("from_the_future", 5),)),
+    )
+    series = samples(metrics.render(snap))
+    assert value(series, "edge_agent_ingest_rejected_total", reason="from_the_future") == 5
+    assert value(series, "edge_agent_buffer_state", state="hibernating") == 1
+    assert value(series, "edge_agent_buffer_state", state="steady") == 0
+
+
+def test_upstream_refusals_appear_once_the_snapshot_reports_them() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class CurveUpstreamStats(UpstreamStats):
+        unauthorized: int = 0
+
+    snap = dataclasses.replace(busy_snapshot(), upstream=CurveUpstreamStats(unauthorized=4))
+    series = samples(metrics.render(snap))
+    assert value(series, "edge_agent_unauthorized_peers_total", socket="upstream") == 4
+    assert value(series, "edge_agent_unauthorized_peers_total", socket="ingest") == 7
+
+
+# ---------------------------------------------------------------- escaping
+
+
+@pytest.mark.parametrize(
+    "agent_id",
+    ['gw "north" 07', "back\\slash\\", "two\nlines", "ümlaut-Ω-站", "{braces}=,#"],
+)
+def test_label_values_are_escaped_and_read_back_exactly(agent_id: str) -> None:
+    snap = dataclasses.replace(
+        busy_snapshot(),
+        agent_id=agent_id,
+        ingest=IngestStats(rejected_total=1, rejected_by_reason=((agent_id, 1),)),
+    )
+    text = metrics.render(snap)
+    # One sample per line: a newline inside a label never splits a line.
+    info = [line for line in text.decode().splitlines() if line.startswith("edge_agent_info{")]
+    assert len(info) == 1
+    series = samples(text)
+    assert value(series, "edge_agent_info", agent_id=agent_id, version="0.1.0") == 1
+    assert value(series, "edge_agent_ingest_rejected_total", reason=agent_id) == 1
+
+
+def test_escaping_follows_the_text_format() -> None:
+    snap = dataclasses.replace(busy_snapshot(), agent_id='a"b\\c\nd')
+    text = metrics.render(snap).decode()
+    # https://prometheus.io/docs/instrumenting/exposition_formats/ : in label
+    # values backslash, double quote and line feed are \\, \" and \n.
+    assert 'agent_id="a\\"b\\\\c\\nd"' in text
+
+
+# ---------------------------------------------------------------- latency histogram
+
+BOUNDS = (0.001, 0.005, 0.025, 0.1, 0.5)
+
+
+def latency_snapshot(counts: tuple[int, ...], sum_s: float, count: int) -> Snapshot:
+    base = busy_snapshot()
+    fields = {
+        f.name: getattr(base, f.name)
+        for f in dataclasses.fields(Snapshot)
+        if f.name != "critical_latency"  # once stats.py has it
+    }
+    hist = Histogram(buckets=tuple(zip(BOUNDS, counts, strict=True)), sum_s=sum_s, count=count)
+    return LatencySnapshot(**fields, critical_latency=hist)
+
+
+def test_the_critical_latency_histogram_is_rendered_when_present() -> None:
+    snap = latency_snapshot((10, 50, 90, 99, 100), sum_s=1.25, count=101)
+    text = metrics.render(snap)
+    family = parse(text)["edge_agent_critical_latency_seconds"]
+    assert family.type == "histogram"
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+    assert buckets == {"0.001": 10, "0.005": 50, "0.025": 90, "0.1": 99, "0.5": 100, "+Inf": 101}
+    series = samples(text)
+    assert value(series, "edge_agent_critical_latency_seconds_count") == 101
+    assert value(series, "edge_agent_critical_latency_seconds_sum") == 1.25
+    # Cumulative and ending at the count, as Prometheus' histogram_quantile needs.
+    ordered = sorted(buckets.items(), key=lambda kv: math.inf if kv[0] == "+Inf" else float(kv[0]))
+    assert [v for _, v in ordered] == sorted(buckets.values())
+
+
+def test_an_empty_histogram_still_has_its_buckets_at_zero() -> None:
+    series = samples(metrics.render(latency_snapshot((0, 0, 0, 0, 0), sum_s=0.0, count=0)))
+    assert value(series, "edge_agent_critical_latency_seconds_bucket", le="+Inf") == 0
+    assert value(series, "edge_agent_critical_latency_seconds_bucket", le="0.1") == 0
+    assert value(series, "edge_agent_critical_latency_seconds_count") == 0
+
+
+# ---------------------------------------------------------------- over HTTP
+
+
+class Box:
+    def __init__(self) -> None:
+        self.snap = busy_snapshot()
+        self.now = self.snap.loop_monotonic + 1.5
+
+    def snapshot(self) -> Snapshot:
+        return self.snap
+
+    def clock(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[str, Box]]:
+    box = Box()
+    srv = HttpServer("127.0.0.1", 0, box.snapshot, stale_after_s=3.0, clock=box.clock)
+    srv.start()
+    host, port = srv.address
+    yield f"http://{host}:{port}", box
+    srv.stop()
+
+
+def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
+    with OPENER.open(url, timeout=5) as resp:
+        return resp.status, dict(resp.headers), resp.read()
+
+
+def test_get_metrics_over_http_agrees_with_the_json_endpoint(served: tuple[str, Box]) -> None:
+    base, box = served
+    status, headers, body = fetch(base + "/metrics")
+    assert status == 200
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert headers["Cache-Control"] == "no-store"
+    _, _, doc_body = fetch(base + "/api/v1/gateway/backpressure")
+    doc = json.loads(doc_body)
+    series = samples(body)
+    assert value(series, "edge_agent_loop_age_seconds") == 1.5
+    assert (
+        value(series, "edge_agent_queued_events", **{"class": "normal"})
+        == (doc["priorities"]["normal"]["queued"])
+    )
+    assert value(series, "edge_agent_upstream_subscribers") == doc["upstream"]["subscribers"]
+
+    # The next scrape sees the next snapshot: nothing is cached.
+    box.snap = dataclasses.replace(box.snap, upstream=UpstreamStats(subscribers=0))
+    _, _, body = fetch(base + "/metrics")
+    assert value(samples(body), "edge_agent_upstream_subscribers") == 0
+
+
+def test_metrics_is_read_only(served: tuple[str, Box]) -> None:
+    base, _ = served
+    request = urllib.request.Request(base + "/metrics", data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        OPENER.open(request, timeout=5)
+    with info.value as e:
+        assert e.code == 405

@@ -1,0 +1,671 @@
+"""`GET /`: the technician's status page, checked in a real headless Chromium.
+
+The browser tests need Debian's `chromium` (/usr/bin/chromium, or the path in
+$EDGE_AGENT_CHROMIUM); without it they skip and say so, or fail when
+EDGE_AGENT_REQUIRE_BROWSER=1 (CI: a skip there would hide an untested page).
+The suite never installs it; CI does, before `make test`.
+
+Chromium is driven over the DevTools protocol on a pipe
+(`--remote-debugging-pipe`: NUL-separated JSON on fds 3 and 4), so there is
+no websocket client, no driver binary and no dependency beyond the browser.
+The page polls a real `HttpServer` on port 0 serving a snapshot the test
+controls; each test waits for what the page shows with a deadline, never for
+a fixed time. One browser per xdist worker, one isolated context per test.
+
+`python tests/test_page.py docs/status-page.png` regenerates the screenshot
+kept in the docs from the same busy snapshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import page
+from agent.classes import CLASS_NAMES
+from agent.http import HttpServer
+from agent.stats import (
+    BufferStats,
+    ClassStats,
+    IngestStats,
+    Snapshot,
+    SpillStats,
+    UpstreamStats,
+    empty_snapshot,
+)
+
+CHROMIUM = os.environ.get("EDGE_AGENT_CHROMIUM", "/usr/bin/chromium")
+HAVE_CHROMIUM = os.access(CHROMIUM, os.X_OK)
+# CI sets this so that a missing browser fails instead of skipping unseen.
+REQUIRE_CHROMIUM = os.environ.get("EDGE_AGENT_REQUIRE_BROWSER") == "1"
+NO_CHROMIUM = (
+    f"{CHROMIUM} is not installed (Debian package `chromium`, which CI installs): "
+    "the status page is not checked in a browser"
+)
+needs_chromium = pytest.mark.skipif(not HAVE_CHROMIUM and not REQUIRE_CHROMIUM, reason=NO_CHROMIUM)
+# The flags this machine needs (no network but loopback: no background
+# connections, no component updates, no sync) and root (no sandbox).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--hide-scrollbars",
+    "--remote-debugging-pipe",
+)
+# Waits: the page polls once a second, so 15 s is >10 polls of slack on a
+# loaded 2-core CI machine; a passing test waits ~1-3 s.
+DEADLINE_S = 15.0
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+MiB = 1 << 20
+
+
+# ---------------------------------------------------------------- a busy agent
+
+
+@dataclasses.dataclass(frozen=True)
+class Histogram:
+    """The shape proposed for `Snapshot.critical_latency` (metrics.LatencyHistogram)."""
+
+    buckets: tuple[tuple[float, int], ...]
+    sum_s: float
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencySnapshot(Snapshot):
+    """A Snapshot with the critical latency histogram and its JSON, before stats.py has them."""
+
+    critical_latency: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc = super().to_json()
+        h = self.critical_latency
+        if h is not None and "latency" not in doc:
+            doc["latency"] = {
+                "critical": {
+                    "count": h.count,
+                    "sum_s": round(h.sum_s, 6),
+                    "buckets": [[le, n] for le, n in h.buckets],
+                }
+            }
+        return doc
+
+
+LATENCY_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+# Critical events per second, by bucket (not cumulative): most within 5 ms,
+# a tail to 25 ms, nothing near the 100 ms bound.
+LATENCY_PER_S = (2, 9, 14, 10, 3, 2, 0, 0, 0, 0, 0)
+# Events per second by class: received and delivered (a busy, keeping-up agent).
+RATES = {"critical": 40, "high": 300, "normal": 5200, "low": 900}
+
+
+def busy_snapshot(n: int, *, subscribers: int = 2, latency: bool = True) -> Snapshot:
+    """What a busy agent publishes `n` seconds (of its own clock) after the first look."""
+    started = 1_764_000_000.0
+    queued = {"critical": 3, "high": 812, "normal": 48_210, "low": 9_120}
+    queued_bytes = {"critical": 420, "high": 113_000, "normal": 6_700_000, "low": 1_200_000}
+    pending = {"critical": 0, "high": 0, "normal": 182_344, "low": 96_001}
+    pending_bytes = {"critical": 0, "high": 0, "normal": 25_300_000, "low": 13_400_000}
+    spilled = {"critical": 0, "high": 0, "normal": 1_250_000, "low": 640_000}
+    dropped = {"critical": 0, "high": 0, "normal": 0, "low": 1_200}
+    classes = []
+    for i, name in enumerate(CLASS_NAMES):
+        received = 1_000_000 * (i + 1) + RATES[name] * n
+        # With nobody subscribed nothing leaves (the rest of the picture stays
+        # put: the page shows rates, not a model of the queues).
+        sent = received if subscribers else 1_000_000 * (i + 1)
+        delivered = sent - queued[name] - pending[name] - dropped[name]
+        classes.append(
+            ClassStats(
+                received=received,
+                queued=queued[name],
+                queued_bytes=queued_bytes[name],
+                spilled=spilled[name],
+                pending=pending[name],
+                pending_bytes=pending_bytes[name],
+                delivered=delivered,
+                dropped=dropped[name],
+            )
+        )
+    events_in = sum(RATES.values())
+    snap = dataclasses.replace(
+        empty_snapshot("gw-north-07", "0.1.0", now=started),
+        epoch=1_764_000_000_123,
+        state="running",
+        taken_at=started + 3 * 86400 + 4000 + n,
+        loop_monotonic=1000.0 + n,
+        classes=tuple(classes),
+        buffer=BufferStats(
+            used_bytes=301 * MiB,
+            allocated_bytes=320 * MiB,
+            capacity_bytes=384 * MiB,
+            budget_bytes=512 * MiB,
+            critical_reserve_bytes=32 * MiB,
+            state="spilling",
+        ),
+        spill=SpillStats(
+            enabled=True,
+            dir="/var/lib/edge-agent/spill",
+            spilled_events=sum(spilled.values()),
+            pending_events=sum(pending.values()),
+            pending_bytes=sum(pending_bytes.values()),
+            recovered_events=1_611_655,
+            file_bytes=2048 * MiB,
+            flushes=9_000 + n,
+            drain_eta_s=412.0,
+        ),
+        ingest=IngestStats(
+            frames=400_000 + 64 * n,
+            events=10_000_000 + events_in * n,
+            rejected_total=1_544 + 2 * n,
+            rejected_by_reason=(
+                ("bad_field_type", 12),
+                ("malformed", 52),
+                ("missing_field", 1_480 + 2 * n),
+            ),
+            disconnects=3,
+        ),
+        upstream=UpstreamStats(
+            subscribers=subscribers,
+            messages=90_000 + 30 * n,
+            events=9_000_000 + (events_in if subscribers else 0) * n,
+            blocked=17,
+        ),
+    )
+    if not latency:
+        return snap
+    # As if the agent had been up 1,250 s before the first look.
+    per_bucket = [c * (1_250 + n) for c in LATENCY_PER_S]
+    cumulative = [sum(per_bucket[: i + 1]) for i in range(len(per_bucket))]
+    fields = {
+        f.name: getattr(snap, f.name)
+        for f in dataclasses.fields(Snapshot)
+        if f.name != "critical_latency"  # once stats.py has it
+    }
+    hist = Histogram(
+        buckets=tuple(zip(LATENCY_BOUNDS_S, cumulative, strict=True)),
+        sum_s=cumulative[-1] * 0.0031,
+        count=cumulative[-1],
+    )
+    return LatencySnapshot(**fields, critical_latency=hist)
+
+
+class Agent:
+    """The loop's side of the HTTP server: every request sees the agent one second later."""
+
+    def __init__(self, *, subscribers: int = 2, latency: bool = True, agent_id: str = "") -> None:
+        self.subscribers = subscribers
+        self.latency = latency
+        self.agent_id = agent_id
+        self.failing = False
+        self.calls = 0
+
+    def snapshot(self) -> Snapshot:
+        if self.failing:
+            raise RuntimeError("simulated: the agent cannot build its answer")
+        n, self.calls = self.calls, self.calls + 1
+        snap = busy_snapshot(n, subscribers=self.subscribers, latency=self.latency)
+        if self.agent_id:
+            snap = dataclasses.replace(snap, agent_id=self.agent_id)
+        return snap
+
+    def clock(self) -> float:
+        return 1000.0 + self.calls
+
+
+@pytest.fixture
+def agent() -> Agent:
+    return Agent()
+
+
+@pytest.fixture
+def served(agent: Agent) -> Iterator[tuple[str, HttpServer]]:
+    srv = HttpServer("127.0.0.1", 0, agent.snapshot, clock=agent.clock)
+    srv.start()
+    host, port = srv.address
+    yield f"http://{host}:{port}/", srv
+    srv.stop()
+
+
+# ---------------------------------------------------------------- without a browser
+
+
+def get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    with OPENER.open(urllib.request.Request(url, method=method), timeout=5) as resp:
+        return resp.status, dict(resp.headers), resp.read()
+
+
+def test_get_root_serves_the_page_with_its_headers(served: tuple[str, HttpServer]) -> None:
+    url, _ = served
+    status, headers, body = get(url)
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert "connect-src 'self'" in headers["Content-Security-Policy"]
+    assert body.startswith(b"<!doctype html>")
+    assert body == page.BODY_BYTES
+    status, headers, body = get(url, "HEAD")
+    assert (status, body) == (200, b"")
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+
+
+def test_the_page_needs_no_snapshot_to_be_served(agent: Agent) -> None:
+    # The page is static; only its polls touch the snapshot.
+    agent.failing = True
+    srv = HttpServer("127.0.0.1", 0, agent.snapshot, clock=agent.clock)
+    srv.start()
+    try:
+        host, port = srv.address
+        assert get(f"http://{host}:{port}/")[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_the_page_references_nothing_outside_itself() -> None:
+    html = page.HTML
+    assert not re.search(r"""(?:src|href)\s*=\s*(?!["']?data:)""", html, re.I), "external asset"
+    assert "@import" not in html and "url(" not in page.STYLE
+    assert not re.search(r"https?://|//[a-z]", page.SCRIPT + page.STYLE, re.I)
+    # Agent data is only ever written as text, never parsed as markup.
+    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", page.SCRIPT)
+
+
+def test_the_csp_allows_exactly_the_inline_script_and_style() -> None:
+    csp = dict(page.HEADERS)["Content-Security-Policy"]
+
+    def digest(text: str) -> str:
+        return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+    (script,) = re.findall(r"<script>(.*?)</script>", page.HTML, re.S)
+    (style,) = re.findall(r"<style>(.*?)</style>", page.HTML, re.S)
+    assert f"script-src 'sha256-{digest(script)}'" in csp
+    assert f"style-src 'sha256-{digest(style)}'" in csp
+    # No inline style attributes in the markup: the CSP would block them.
+    assert not re.search(r"\sstyle\s*=", page.BODY)
+
+
+# ---------------------------------------------------------------- the browser
+
+
+class BrowserError(Exception):
+    pass
+
+
+class Browser:
+    """Headless Chromium over the DevTools protocol on a pipe."""
+
+    def __init__(self, executable: str, profile_dir: str, log_path: str) -> None:
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        # Chromium reads commands on fd 3 and writes replies on fd 4. A tiny
+        # Python shim moves the pipe ends there in the child: preexec_fn would
+        # do it too but is unsafe with threads (the HTTP server's) running.
+        low = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser_r, from_browser_w)]
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        shim = "import os,sys; os.dup2(int(sys.argv[1]),3); os.dup2(int(sys.argv[2]),4); "
+        shim += "os.execv(sys.argv[3], sys.argv[3:])"
+        argv = [sys.executable, "-c", shim, str(low[0]), str(low[1]), executable]
+        argv += [*CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "about:blank"]
+        self._log_path = log_path
+        with open(log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                argv, pass_fds=low, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        for fd in low:
+            os.close(fd)
+        self._next_id = 0
+        self._buffer = b""
+        self.events: dict[str, list[dict[str, Any]]] = {}  # sessionId -> events
+
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+    ) -> dict[str, Any]:
+        self._next_id += 1
+        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            for reply in self._read(deadline):
+                if reply.get("id") == self._next_id:
+                    if "error" in reply:
+                        raise BrowserError(f"{method}: {reply['error']}")
+                    return reply.get("result", {})
+                if "method" in reply:
+                    self.events.setdefault(reply.get("sessionId", ""), []).append(reply)
+
+    def _read(self, deadline: float) -> list[dict[str, Any]]:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_browser], [], [], left)[0]:
+                raise BrowserError(f"no answer from Chromium; its log: {self.log_tail()}")
+            chunk = os.read(self._from_browser, 1 << 16)
+            if not chunk:
+                raise BrowserError(f"Chromium exited; its log: {self.log_tail()}")
+            self._buffer += chunk
+        *messages, self._buffer = self._buffer.split(b"\0")
+        return [json.loads(m) for m in messages]
+
+    def log_tail(self) -> str:
+        with open(self._log_path, "rb") as f:
+            return f.read()[-2000:].decode("utf-8", "replace")
+
+    def new_page(self, width: int, height: int, *, mobile: bool = False) -> Tab:
+        # A context of its own per page: no cache, storage or cookies shared.
+        context = self.call("Target.createBrowserContext")["browserContextId"]
+        target = self.call(
+            "Target.createTarget", {"url": "about:blank", "browserContextId": context}
+        )["targetId"]
+        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        tab = Tab(self, session, target, context)
+        for domain in ("Page", "Runtime", "Log"):
+            tab.call(f"{domain}.enable")
+        tab.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+        )
+        return tab
+
+    def close(self) -> None:
+        with contextlib.suppress(BrowserError, OSError):  # already gone: the wait tells
+            self.call("Browser.close")
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        os.close(self._to_browser)
+        os.close(self._from_browser)
+
+
+class Tab:
+    def __init__(self, browser: Browser, session: str, target: str, context: str) -> None:
+        self.browser = browser
+        self.session = session
+        self.target = target
+        self.context = context
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.browser.call(method, params, self.session)
+
+    def goto(self, url: str) -> None:
+        self.call("Page.navigate", {"url": url})
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        if "exceptionDetails" in result:
+            raise BrowserError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, what: str = "") -> Any:
+        deadline = time.monotonic() + DEADLINE_S
+        # Before the page has loaded its elements are not there yet: not true, not an error.
+        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return false; }} }})()"
+        while True:
+            value = self.evaluate(guarded)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                shown = self.evaluate("document.body && document.body.innerText")
+                raise AssertionError(
+                    f"page did not show {what or expression} within {DEADLINE_S} s;"
+                    f" it shows:\n{shown}\nerrors: {self.errors()}"
+                )
+            time.sleep(0.05)
+
+    def text(self, element_id: str) -> str:
+        return self.evaluate(f"document.getElementById({json.dumps(element_id)}).textContent")
+
+    def errors(self) -> list[str]:
+        """Script exceptions, console errors and browser log errors (CSP refusals land here)."""
+        found = []
+        for event in self.browser.events.get(self.session, []):
+            params = event.get("params", {})
+            if event["method"] == "Runtime.exceptionThrown":
+                found.append(str(params["exceptionDetails"]))
+            elif event["method"] == "Runtime.consoleAPICalled" and params["type"] == "error":
+                found.append(str(params["args"]))
+            elif event["method"] == "Log.entryAdded" and params["entry"]["level"] == "error":
+                found.append(params["entry"]["text"])
+        return found
+
+    def screenshot(self) -> bytes:
+        return base64.b64decode(self.call("Page.captureScreenshot", {"format": "png"})["data"])
+
+    def close(self) -> None:
+        self.browser.call("Target.closeTarget", {"targetId": self.target})
+        self.browser.call("Target.disposeBrowserContext", {"browserContextId": self.context})
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    if not HAVE_CHROMIUM:
+        pytest.fail(NO_CHROMIUM + " (EDGE_AGENT_REQUIRE_BROWSER=1)")
+    home = tmp_path_factory.mktemp("chromium")
+    b = Browser(CHROMIUM, str(home / "profile"), str(home / "chromium.log"))
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def tab_factory(browser: Browser) -> Iterator[Any]:
+    tabs: list[Tab] = []
+
+    def make(width: int = 1024, height: int = 768, *, mobile: bool = False) -> Tab:
+        tab = browser.new_page(width, height, mobile=mobile)
+        tabs.append(tab)
+        return tab
+
+    yield make
+    for tab in tabs:
+        tab.close()
+
+
+LIVE_WITH_RATES = (
+    "document.getElementById('conn').textContent.startsWith('LIVE')"
+    " && document.querySelector('#class-normal td.in')"
+    " && document.querySelector('#class-normal td.in').textContent !== '\u2014'"
+)
+
+
+def row(tab: Tab, name: str) -> dict[str, str]:
+    """One class row of the table, column class -> text."""
+    return tab.evaluate(
+        f"Object.fromEntries([...document.querySelectorAll('#class-{name} td')]"
+        ".map(td => [td.className.split(' ')[0], td.textContent]))"
+    )
+
+
+def overflow_x(tab: Tab, element_id: str = "") -> int:
+    """How far the page (or one element's content) is wider than its box: > 0 scrolls sideways."""
+    if element_id:
+        return tab.evaluate(
+            f"(e => e.scrollWidth - e.clientWidth)(document.getElementById('{element_id}'))"
+        )
+    return tab.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+
+
+def bottom(tab: Tab, element_id: str) -> float:
+    return tab.evaluate(f"document.getElementById('{element_id}').getBoundingClientRect().bottom")
+
+
+@needs_chromium
+def test_a_busy_agent_at_1024x768(served: tuple[str, HttpServer], tab_factory: Any) -> None:
+    url, _ = served
+    tab = tab_factory(1024, 768)
+    tab.goto(url)
+    tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
+
+    assert tab.text("agent-id") == "gw-north-07"
+    meta = tab.text("agent-meta")
+    assert "running" in meta and "up 3d 1h 06m" in meta and "epoch 1764000000123" in meta
+
+    assert tab.text("up-state") == "\u2714 CONNECTED"
+    assert tab.text("up-detail") == "2 subscribers"
+
+    assert tab.text("mem-used") == "301.0 MiB"
+    assert tab.text("mem-cap") == "384.0 MiB"
+    assert tab.text("mem-budget") == "512.0 MiB"
+    assert "59% of budget" in tab.text("mem-used-pct")
+    assert "HIGH" in tab.text("mem-used-pct")  # 78% of capacity: said, not only coloured
+    assert tab.text("mem-governor") == "\u00b7 governor: spilling"
+
+    # Rates come from successive snapshots: the agent's clock moves 1 s per poll.
+    for name in CLASS_NAMES:
+        cells = row(tab, name)
+        expected = f"{RATES[name]:,}"
+        assert cells["in"] == expected, (name, cells)
+        assert cells["out"] == expected, (name, cells)
+    normal = row(tab, "normal")
+    assert normal["mem"] == "48,210 \u00b7 6.4 MiB"
+    assert normal["disk"] == "182,344 \u00b7 24.1 MiB"
+    assert row(tab, "low")["dropped"] == "DROPPED 1,200"
+    assert row(tab, "critical")["dropped"] == "0"
+
+    assert tab.text("spill-pending") == "278,345"
+    assert "drain ETA 6m 52s" in tab.text("spill-eta")
+
+    reasons = tab.text("rej-list")
+    assert reasons.index("missing_field") < reasons.index("malformed") < reasons.index("bad_field")
+    assert "2.0/s now" in tab.text("rej-rate")
+    assert tab.text("in-rate") == "6,440"
+
+    # Most critical events take <= 2.5 ms; the tail reaches the 25 ms bucket.
+    assert tab.text("lat-p99") == "p99 \u2264 25 ms"
+    assert "\u2264 2.5 ms" in tab.text("lat-kv")
+
+    alarms = tab.text("alarms")
+    assert "DROPPED" in alarms and "1,200 low" in alarms
+    assert "NOT CONNECTED" not in alarms
+    assert tab.evaluate("document.title").startswith("DROPPED")
+
+    # 1024x768: nothing scrolls sideways, and what matters most is above the fold.
+    assert overflow_x(tab) <= 0
+    assert overflow_x(tab, "classes") <= 0
+    for section in ("alarms", "upstream", "memory", "classes"):
+        assert bottom(tab, section) <= 768, section
+    assert tab.errors() == []
+
+
+@needs_chromium
+def test_no_subscriber_is_loud_on_a_phone(tab_factory: Any) -> None:
+    agent = Agent(subscribers=0, latency=False, agent_id='<img src=x onerror="alert(1)">')
+    srv = HttpServer("127.0.0.1", 0, agent.snapshot, clock=agent.clock)
+    srv.start()
+    try:
+        host, port = srv.address
+        tab = tab_factory(390, 844, mobile=True)
+        tab.goto(f"http://{host}:{port}/")
+        tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
+
+        assert tab.text("up-state") == "\u2716 NOT CONNECTED"
+        first_alarm = tab.evaluate("document.querySelector('#alarms .alarm').innerText")
+        assert first_alarm.startswith("NOT CONNECTED")
+        assert "58,145 in memory, 278,345 on disk" in first_alarm
+        assert tab.evaluate("document.title").startswith("NOT CONNECTED")
+        assert row(tab, "normal")["out"] == "0"  # nothing leaves while nobody listens
+
+        # No histogram from this agent: said, not left blank or made up.
+        assert tab.text("lat-p99") == "n/a"
+
+        # The agent id is shown as text, never run as markup.
+        assert tab.text("agent-id") == '<img src=x onerror="alert(1)">'
+        assert tab.evaluate("document.querySelectorAll('img').length") == 0
+
+        # A phone: one column, nothing sideways (the class table included),
+        # the alarm first on screen.
+        assert overflow_x(tab) <= 0
+        assert overflow_x(tab, "classes") <= 0
+        assert (
+            tab.evaluate("document.querySelector('#alarms .alarm').getBoundingClientRect().top")
+            < 300
+        )
+        assert tab.errors() == []
+    finally:
+        srv.stop()
+
+
+@needs_chromium
+def test_stale_when_the_agent_stops_answering(
+    agent: Agent, served: tuple[str, HttpServer], tab_factory: Any
+) -> None:
+    url, srv = served
+    tab = tab_factory()
+    tab.goto(url)
+    tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
+
+    agent.failing = True  # HTTP 500 from here on
+    tab.wait_for("document.body.classList.contains('stale')", "the STALE state")
+    banner = tab.text("stale")
+    assert banner.startswith("STALE \u2014 agent not answering (HTTP 500)")
+    assert "Figures below are from" in banner
+    assert tab.text("conn") == "STALE"
+    assert tab.evaluate("document.title").startswith("STALE")
+    # The last figures stay, marked as old rather than wiped.
+    assert tab.text("agent-id") == "gw-north-07"
+    assert row(tab, "normal")["mem"].startswith("48,210")
+
+    agent.failing = False
+    tab.wait_for("!document.body.classList.contains('stale')", "recovery to LIVE")
+    assert tab.text("conn").startswith("LIVE")
+    assert tab.evaluate("getComputedStyle(document.getElementById('stale')).display") == "none"
+
+    srv.stop()  # nothing listens on the port any more
+    tab.wait_for("document.body.classList.contains('stale')", "the STALE state")
+    assert "(connection failed)" in tab.text("stale")
+
+
+# ---------------------------------------------------------------- the screenshot in the docs
+
+
+def write_screenshot(path: str) -> None:
+    """Render the busy agent at 1024x900 and save the PNG (docs/status-page.png)."""
+    agent = Agent()
+    srv = HttpServer("127.0.0.1", 0, agent.snapshot, clock=agent.clock)
+    srv.start()
+    with tempfile.TemporaryDirectory() as home:
+        b = Browser(CHROMIUM, os.path.join(home, "profile"), os.path.join(home, "log"))
+        try:
+            tab = b.new_page(1024, 900)
+            host, port = srv.address
+            tab.goto(f"http://{host}:{port}/")
+            tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
+            # Five polls in: rates and latency over a full rate window.
+            tab.wait_for("document.getElementById('lat-note').textContent.includes('last 5 s')")
+            Path(path).write_bytes(tab.screenshot())
+        finally:
+            b.close()
+            srv.stop()
+
+
+if __name__ == "__main__":
+    write_screenshot(sys.argv[1] if len(sys.argv) > 1 else "docs/status-page.png")
