@@ -42,6 +42,7 @@ from agent.batching import BatchPolicy
 from agent.classes import CLASSES, EventClass
 from agent.codec import MULTIPART, FrameDecoder
 from agent.governor import BufferGovernor
+from agent import memory
 from agent.http import HttpServer
 from agent.notify import Notifier
 from agent.queues import CHUNK_BYTES, Chunk, ClassQueues
@@ -242,6 +243,7 @@ class Agent:
 
     def _open_state(self) -> None:
         s = self.settings
+        memory.fix_mmap_threshold()
         self.decoder = FrameDecoder(s.classes)
         self.queues = ClassQueues()
         self.governor = BufferGovernor(
@@ -687,6 +689,7 @@ class Agent:
             )
             if keep is not None:
                 freed = pool.trim(keep)
+                memory.trim()
                 if freed:
                     log.info("buffers shrunk: %d bytes returned to the OS", freed)
             self._publish_snapshot(now)

@@ -899,6 +899,7 @@ class SpillRing:
             at += v.nbytes
         seal_record(mv, off, length)
         self._mark_dirty(off, off + record_span(length))
+        self._unmap_pages(off, off + record_span(length))
 
     def _write_skip(self, pos: int, skip: int, seq: int) -> None:
         off = DATA_OFFSET + pos
@@ -967,7 +968,24 @@ class SpillRing:
         at = DATA_OFFSET + entry.pos + REC_HDR
         cut = at + min(prefix_per_event * entry.count, entry.length)
         end = at + entry.length
-        return self._mm[at:cut], self._mm[cut:end], entry.count, entry.seq
+        got = self._mm[at:cut], self._mm[cut:end], entry.count, entry.seq
+        self._unmap_pages(at - REC_HDR, end)
+        return got
+
+    def _unmap_pages(self, lo: int, hi: int) -> None:
+        """Drop the pages of [lo, hi) from this process's page tables.
+
+        Spill pages touched through a MAP_SHARED mapping count in the agent's
+        RSS (RssFile) until unmapped: a brownout with a 64 MiB budget measured
+        139 MiB peak and still 94 MiB 30 s after the spill drained. For a shared
+        file mapping MADV_DONTNEED keeps the data: dirty pages go to the page
+        cache (written back as usual, and msync(MS_SYNC) still syncs the file
+        range), and a later access faults them back in from there (madvise(2)).
+        """
+        start = lo - lo % mmap.PAGESIZE
+        end = min(self._file_size, -(-hi // mmap.PAGESIZE) * mmap.PAGESIZE)
+        if end > start:
+            self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def _advance_cursor(self) -> _Entry | None:
         if self._closed:
