@@ -7,7 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean deb arm-smoke
+
+ARCH ?= amd64
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +35,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/brownout.py
 
+## deb: Debian package for ARCH=amd64|arm64 (wheels from PyPI, then dpkg-deb offline)
+deb:
+	$(MAKE) -C packaging deb ARCH=$(ARCH)
+
+## arm-smoke: as root, install and run the arm64 package under qemu (not part of make test)
+arm-smoke:
+	$(MAKE) -C packaging arm-smoke
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info var bench/out
+	rm -rf $(VENV) build dist *.egg-info var bench/out packaging/out

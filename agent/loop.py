@@ -198,6 +198,7 @@ class Agent:
                     finally:
                         self.http.stop()
                 finally:
+                    self.notifier.close()
                     signal.signal(signal.SIGTERM, old_term)
                     signal.signal(signal.SIGINT, old_int)
                     signal.signal(signal.SIGHUP, old_hup)

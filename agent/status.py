@@ -469,7 +469,7 @@ def _ingest_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
     text = f"{_count(_num(ingest, 'events'))} events in {_count(_num(ingest, 'frames'))} frames"
     disconnects = _num(ingest, "disconnects")
     if disconnects:
-        text += f"; {_count(disconnects)} disconnects (oversize frames)"
+        text += f"; {_count(disconnects)} disconnects (peers gone, or dropped for an oversize frame)"
     unauthorized = _num(ingest, "unauthorized")
     if unauthorized:
         text += f"; {_count(unauthorized)} unauthorized handshakes refused"
