@@ -38,11 +38,11 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 import agent
+from agent import memory
 from agent.batching import BatchPolicy
 from agent.classes import CLASSES, EventClass
 from agent.codec import MULTIPART, FrameDecoder
 from agent.governor import BufferGovernor
-from agent import memory
 from agent.http import HttpServer
 from agent.notify import Notifier
 from agent.queues import CHUNK_BYTES, Chunk, ClassQueues
@@ -99,9 +99,8 @@ def next_epoch(spill_dir: str, now_ms: int) -> int:
     """
     path = os.path.join(spill_dir, "epoch")
     last = 0
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        with open(path, encoding="ascii") as f:
-            last = int(f.read().strip() or 0)
+    with contextlib.suppress(FileNotFoundError, ValueError), open(path, encoding="ascii") as f:
+        last = int(f.read().strip() or 0)
     epoch = max(now_ms, last + 1)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="ascii") as f:
@@ -345,9 +344,13 @@ class Agent:
             ),
             classes=new.classes,
         )
-        log.info("SIGHUP: reloaded %s: applied %s", self.config_path, ", ".join(applied) or "nothing")
+        log.info(
+            "SIGHUP: reloaded %s: applied %s", self.config_path, ", ".join(applied) or "nothing"
+        )
         if restart:
-            log.warning("SIGHUP: these changed keys need a restart to apply: %s", ", ".join(restart))
+            log.warning(
+                "SIGHUP: these changed keys need a restart to apply: %s", ", ".join(restart)
+            )
         self.notifier.ready("config reloaded")
 
     # -- the loop ----------------------------------------------------------------
@@ -630,7 +633,10 @@ class Agent:
         # the ring drains, none of this class can be published. Take one record
         # anyway (never out of the critical reserve); _make_room then moves
         # other data out, or, with disk full too, evicts the oldest.
-        return q.front_events == 0 and used + CHUNK_BYTES <= gov.budget_bytes - gov.critical_reserve_bytes
+        return (
+            q.front_events == 0
+            and used + CHUNK_BYTES <= gov.budget_bytes - gov.critical_reserve_bytes
+        )
 
     def _drain(self, now: float) -> None:
         for cls in CLASSES:
@@ -661,13 +667,12 @@ class Agent:
             # From the loop itself: if this thread stalls, systemd restarts us.
             self.notifier.watchdog()
             self._next_watchdog = now + self._watchdog_every
-        if now >= self._next_flush:
-            # msync in bounded steps: 16 MiB dirty took 7-12 ms in one call
-            # here, 4 MiB steps 2-7 ms each, so a flush never holds the loop
-            # (and the next critical alert) for long. The interval restarts
-            # once everything due is on disk.
-            if self.store.flush(FLUSH_STEP_BYTES):
-                self._next_flush = now + self.settings.spill.flush_interval_ms / 1000
+        # msync in bounded steps: 16 MiB dirty took 7-12 ms in one call here,
+        # 4 MiB steps 2-7 ms each, so a flush never holds the loop (and the
+        # next critical alert) for long. The interval restarts once everything
+        # due is on disk.
+        if now >= self._next_flush and self.store.flush(FLUSH_STEP_BYTES):
+            self._next_flush = now + self.settings.spill.flush_interval_ms / 1000
         if now >= self._next_drop_log:
             self._next_drop_log = now + 1.0
             for cls, n in enumerate(self._dropped_unlogged):
@@ -767,7 +772,9 @@ class Agent:
                 paused=getattr(self, "paused", False),
             ),
             upstream=self.upstream.statistics(),
-            critical_latency=self.latency.snapshot() if queues is not None else LatencyRecorder().snapshot(),
+            critical_latency=self.latency.snapshot()
+            if queues is not None
+            else LatencyRecorder().snapshot(),
         )
 
     # -- stop --------------------------------------------------------------------
@@ -804,7 +811,9 @@ class Agent:
                 lost,
             )
         else:
-            log.info("stopped: %d delivered, %d events parked on disk, nothing lost", delivered, parked)
+            log.info(
+                "stopped: %d delivered, %d events parked on disk, nothing lost", delivered, parked
+            )
 
     def _park_in_memory_events(self) -> tuple[int, int]:
         """Move every event held in memory into the rings, keeping class order:

@@ -77,7 +77,21 @@ class UpstreamStats:
 # contract's 100 ms (INTERFACE.md "Events out"; IEC 61850-5 TT3), coarse beyond
 # (an alert that waited for a subscriber, or on disk). The +Inf bucket is `count`.
 CRITICAL_LATENCY_BOUNDS_S: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    5.0,
+    30.0,
+    300.0,
 )
 
 
@@ -160,7 +174,7 @@ class Snapshot:
                 "drain_eta_s": s.drain_eta_s,
                 "pending_by_class": {
                     name: {"events": c.pending, "bytes": c.pending_bytes}
-                    for name, c in zip(CLASS_NAMES, self.classes)
+                    for name, c in zip(CLASS_NAMES, self.classes, strict=True)
                 },
             },
             "priorities": {
@@ -173,7 +187,7 @@ class Snapshot:
                     "queued_bytes": c.queued_bytes,
                     "pending": c.pending,
                 }
-                for name, c in zip(CLASS_NAMES, self.classes)
+                for name, c in zip(CLASS_NAMES, self.classes, strict=True)
             },
             "rejected": {
                 "total": self.ingest.rejected_total,

@@ -398,11 +398,12 @@ def _class_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
         )
         rows.append((name, [("-" if v is None else _count(v)) for v in values], values))
     widths = [max(len(c), *(len(r[1][i]) for r in rows)) + 2 for i, c in enumerate(columns)]
-    header = "class".ljust(LABEL) + "".join(c.rjust(w) for c, w in zip(columns, widths))
+    cells = (c.rjust(w) for c, w in zip(columns, widths, strict=True))
+    header = "class".ljust(LABEL) + "".join(cells)
     lines = [paint(header, "bold")]
     for name, texts, values in rows:
         cells = []
-        for i, (text, w) in enumerate(zip(texts, widths)):
+        for i, (text, w) in enumerate(zip(texts, widths, strict=True)):
             cell = text.rjust(w)
             if columns[i] == "dropped" and values[i]:
                 cell = paint(cell, "bad")
@@ -469,7 +470,9 @@ def _ingest_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
     text = f"{_count(_num(ingest, 'events'))} events in {_count(_num(ingest, 'frames'))} frames"
     disconnects = _num(ingest, "disconnects")
     if disconnects:
-        text += f"; {_count(disconnects)} disconnects (peers gone, or dropped for an oversize frame)"
+        text += (
+            f"; {_count(disconnects)} disconnects (peers gone, or dropped for an oversize frame)"
+        )
     unauthorized = _num(ingest, "unauthorized")
     if unauthorized:
         text += f"; {_count(unauthorized)} unauthorized handshakes refused"

@@ -95,7 +95,9 @@ class Upstream:
             ]
             log.info(
                 "upstream subscriptions: %s",
-                ", ".join(p.decode("ascii", "replace") or "(all)" for p in sorted(self._subscriptions))
+                ", ".join(
+                    p.decode("ascii", "replace") or "(all)" for p in sorted(self._subscriptions)
+                )
                 or "none - holding events",
             )
         return changed

@@ -6,15 +6,13 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, settings
 
+from harness import AgentProcess, short_tempdir
+
 # Property tests check behaviour, not speed: on a shared 2-core box (CI runs
 # the suite there, two workers) hypothesis' per-example deadline and its
 # too_slow health check measured the neighbours' load, not our code.
-settings.register_profile(
-    "edge-agent", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("edge-agent", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("edge-agent")
-
-from harness import AgentProcess, short_tempdir
 
 
 @pytest.fixture

@@ -169,17 +169,23 @@ class AgentProcess:
         with urllib.request.urlopen(self.url + path, timeout=5) as r:
             return json.load(r)
 
-    def wait_state(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
-                   what: str = "") -> dict[str, Any]:
-        return wait_for(lambda: (lambda d: d if predicate(d) else None)(self.get()), timeout,
-                        interval=0.05, what=what)
+    def wait_state(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0, what: str = ""
+    ) -> dict[str, Any]:
+        return wait_for(
+            lambda: (lambda d: d if predicate(d) else None)(self.get()),
+            timeout,
+            interval=0.05,
+            what=what,
+        )
 
 
 class Subscriber:
     """A SUB on the agent's upstream that collects messages with their events."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, topic: bytes = b"", *,
-                 rcvhwm: int = 1000) -> None:
+    def __init__(
+        self, ctx: zmq.Context, endpoint: str, topic: bytes = b"", *, rcvhwm: int = 1000
+    ) -> None:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sock.setsockopt(zmq.LINGER, 0)

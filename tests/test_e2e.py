@@ -34,7 +34,9 @@ CLASS_OF = {
 
 
 def mixed_events(n: int, start: int = 0) -> list[bytes]:
-    return [event(i, TYPES[i % len(TYPES)], seqno=i, v=230.0 + i % 10) for i in range(start, start + n)]
+    return [
+        event(i, TYPES[i % len(TYPES)], seqno=i, v=230.0 + i % 10) for i in range(start, start + n)
+    ]
 
 
 def by_class(events: list[bytes]) -> dict[str, list[bytes]]:
@@ -80,7 +82,12 @@ def test_events_in_equal_events_out_byte_for_byte(make_agent, zctx) -> None:
     doc = agent.wait_state(lambda d: d["priorities"]["normal"]["delivered"] == len(want["normal"]))
     for cls, evs in want.items():
         p = doc["priorities"][cls]
-        assert (p["received"], p["delivered"], p["queued"], p["dropped"]) == (len(evs), len(evs), 0, 0)
+        assert (p["received"], p["delivered"], p["queued"], p["dropped"]) == (
+            len(evs),
+            len(evs),
+            0,
+            0,
+        )
     assert doc["rejected"]["total"] == 0
     assert agent.stop() == 0
 
@@ -152,8 +159,16 @@ def test_bad_frames_are_counted_and_good_ones_arrive(make_agent, zctx) -> None:
     doc = agent.wait_state(lambda d: d["rejected"]["total"] == len(bad) + 2, what="all rejects")
     assert sorted(sub.events()) == sorted(expected_good)
     reasons = doc["rejected"]["by_reason"]
-    for reason in ("empty_frame", "malformed", "not_a_map", "missing_field", "bad_field_type",
-                   "indefinite_length", "truncated", "multipart"):
+    for reason in (
+        "empty_frame",
+        "malformed",
+        "not_a_map",
+        "missing_field",
+        "bad_field_type",
+        "indefinite_length",
+        "truncated",
+        "multipart",
+    ):
         assert reasons.get(reason, 0) >= 1, (reason, reasons)
     assert agent.proc.poll() is None
     assert agent.stop() == 0
@@ -177,8 +192,9 @@ def test_critical_alerts_overtake_a_saturated_backlog(make_agent, zctx) -> None:
 
     def flood() -> None:
         s = push_socket(zctx, agent)
-        frame = b"".join(event(i, "reading" if i % 2 else "heartbeat", pad="x" * 40)
-                         for i in range(32))
+        frame = b"".join(
+            event(i, "reading" if i % 2 else "heartbeat", pad="x" * 40) for i in range(32)
+        )
         while not stop.is_set():
             s.send(frame)
             flood_sent[0] += 32
@@ -187,8 +203,11 @@ def test_critical_alerts_overtake_a_saturated_backlog(make_agent, zctx) -> None:
     t = threading.Thread(target=flood, daemon=True)
     t.start()
     # Let a real backlog build in the agent before the first alert.
-    agent.wait_state(lambda d: d["priorities"]["normal"]["queued"] > 20000, timeout=30,
-                     what="a backlog of normal events")
+    agent.wait_state(
+        lambda d: d["priorities"]["normal"]["queued"] > 20000,
+        timeout=30,
+        what="a backlog of normal events",
+    )
     crit = push_socket(zctx, agent)
     sent_at: dict[int, int] = {}
     latencies: dict[int, float] = {}
@@ -242,9 +261,10 @@ def test_sigterm_parks_everything_and_a_restart_delivers_it(make_agent, zctx) ->
 
     agent.start()
     doc = agent.get()
-    assert doc["spill"]["pending_events"] + sum(
-        p["queued"] for p in doc["priorities"].values()
-    ) == 5000
+    assert (
+        doc["spill"]["pending_events"] + sum(p["queued"] for p in doc["priorities"].values())
+        == 5000
+    )
     sub = Subscriber(zctx, agent.upstream)
     got = sub.collect(5000)
     assert len(got) == 5000 and sorted(got) == sorted(sent), "lost or duplicated across restart"
@@ -276,14 +296,22 @@ def test_bad_config_exits_2_naming_the_key(workdir) -> None:
     with open(path, "w") as f:
         f.write('[ingest]\nmax_frame_bytes = "big"\n')
     for command in ("run", "check-config"):
-        r = subprocess.run([sys.executable, "-m", "agent", command, "--config", path],
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [sys.executable, "-m", "agent", command, "--config", path],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert r.returncode == 2, (command, r.stderr)
         assert "ingest.max_frame_bytes" in r.stderr
     with open(path, "w") as f:
-        f.write('[ingets]\n')
-    r = subprocess.run([sys.executable, "-m", "agent", "check-config", "--config", path],
-                       capture_output=True, text=True, timeout=30)
+        f.write("[ingets]\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2 and "ingets" in r.stderr
 
 
@@ -291,19 +319,35 @@ def test_check_config_accepts_the_shipped_configs() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in ("agent.toml", "dev.toml"):
         r = subprocess.run(
-            [sys.executable, "-m", "agent", "check-config", "--config",
-             os.path.join(root, "packaging", name)],
-            capture_output=True, text=True, timeout=30,
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "check-config",
+                "--config",
+                os.path.join(root, "packaging", name),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert r.returncode == 0, r.stderr
 
 
 def test_a_second_agent_on_the_same_spill_dir_refuses_to_start(make_agent, workdir) -> None:
     first = make_agent().start()
-    second = AgentProcess(workdir, "second", ingest={"bind": [f"ipc://{workdir}/in2"]},
-                          upstream={"bind": [f"ipc://{workdir}/out2"]})
-    r = subprocess.run([sys.executable, "-m", "agent", "run", "--config", second.config],
-                       capture_output=True, text=True, timeout=30)
+    second = AgentProcess(
+        workdir,
+        "second",
+        ingest={"bind": [f"ipc://{workdir}/in2"]},
+        upstream={"bind": [f"ipc://{workdir}/out2"]},
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--config", second.config],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1
     assert first.spill_dir in r.stderr and "in use" in r.stderr
     assert first.stop() == 0
@@ -347,5 +391,7 @@ def test_metrics_and_status_page_from_the_running_agent(make_agent, zctx) -> Non
     assert le_100ms == len(want["critical"])
     with urllib.request.urlopen(agent.url + "/", timeout=5) as r:
         page = r.read().decode()
-    assert r.headers["Content-Type"].startswith("text/html") and "/api/v1/gateway/backpressure" in page
+    assert (
+        r.headers["Content-Type"].startswith("text/html") and "/api/v1/gateway/backpressure" in page
+    )
     assert agent.stop() == 0

@@ -85,8 +85,10 @@ def test_subscriber_away_forces_spill_then_everything_arrives_critical_first(
         cls_ids = ids(sub.events(cls))
         assert cls_ids == sorted(cls_ids), f"{cls} out of order"
     done = agent.wait_state(
-        lambda d: d["spill"]["pending_events"] == 0
-        and sum(p["queued"] for p in d["priorities"].values()) == 0,
+        lambda d: (
+            d["spill"]["pending_events"] == 0
+            and sum(p["queued"] for p in d["priorities"].values()) == 0
+        ),
         what="drained",
     )
     assert done["spill"]["recovered_events"] >= doc["spill"]["pending_events"]
@@ -175,16 +177,23 @@ def test_buffers_shrink_in_real_rss_after_a_spike(make_agent, zctx) -> None:
         lambda d: d["buffer"]["allocated_bytes"] <= 4 * MiB, timeout=30, what="the shrink"
     )
     assert doc["buffer"]["capacity_bytes"] < 16 * MiB
-    after = wait_for(lambda: (r := rss_kib(agent.proc.pid)) < peak - 30 * 1024 and r, timeout=10,
-                     what="RSS to fall")
+    after = wait_for(
+        lambda: (r := rss_kib(agent.proc.pid)) < peak - 30 * 1024 and r,
+        timeout=10,
+        what="RSS to fall",
+    )
     assert after < peak - 30 * 1024, (base, peak, after)
     assert agent.stop() == 0
 
 
 def test_a_spill_dir_on_a_disk_too_small_is_a_clear_error(workdir) -> None:
     agent = AgentProcess(workdir, spill={"max_bytes": 1 << 50})  # 1 PiB
-    r = subprocess.run([sys.executable, "-m", "agent", "run", "--config", agent.config],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--config", agent.config],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1, r.stderr
     assert agent.spill_dir in r.stderr
     assert r.returncode != -7  # never SIGBUS
@@ -215,8 +224,10 @@ def test_memory_and_disk_full_evicts_lowest_class_first_and_counts_it(make_agent
 
     sub = Subscriber(zctx, agent.upstream)
     final = agent.wait_state(
-        lambda d: d["spill"]["pending_events"] == 0
-        and sum(p["queued"] for p in d["priorities"].values()) == 0,
+        lambda d: (
+            d["spill"]["pending_events"] == 0
+            and sum(p["queued"] for p in d["priorities"].values()) == 0
+        ),
         timeout=60,
         what="everything held to be delivered or evicted",
     )
