@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show what a running agent is doing")
     status.add_argument("--url", default=None, help="the agent's HTTP base URL")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    keygen = sub.add_parser("keygen", help="write a CURVE key pair (NAME.key, NAME.key_secret)")
+    keygen.add_argument("--dir", required=True, metavar="DIR", help="where to write (made 0700)")
+    keygen.add_argument("--name", required=True, metavar="NAME", help="file name without suffix")
     return p
 
 
@@ -82,12 +85,31 @@ def _load(path: str) -> object:
         return None
 
 
+def _keygen(directory: str, name: str) -> int:
+    import zmq.auth
+
+    from agent.curve import CurveError, generate_keypair
+
+    try:
+        public, secret = generate_keypair(directory, name)
+    except CurveError as e:
+        print(f"edge-agent: keygen: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    key = zmq.auth.load_certificate(public)[0].decode("ascii")
+    print(f"public key  {key}")
+    print(f"public file {public}  (give it to the peers: it goes in their allowed_keys_dir)")
+    print(f"secret file {secret}  (mode 0600, stays on this box: secret_key_file)")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "status":
         from agent import status
 
         return status.main(args.url or status.DEFAULT_URL, args.json)
+    if args.command == "keygen":
+        return _keygen(args.dir, args.name)
 
     settings = _load(args.config)
     if settings is None:

@@ -42,6 +42,7 @@ from agent import memory
 from agent.batching import BatchPolicy
 from agent.classes import CLASSES, EventClass
 from agent.codec import MULTIPART, FrameDecoder
+from agent.curve import CurveError, CurveGuard
 from agent.governor import BufferGovernor
 from agent.http import HttpServer
 from agent.notify import Notifier
@@ -213,18 +214,35 @@ class Agent:
         from agent.upstream import Upstream
 
         s = self.settings
+        # The ZAP handler before any socket exists: a CURVE server bound
+        # without one admits every client that knows its key (FACTS.md).
+        try:
+            self.guard = CurveGuard(self.ctx, s.ingest.curve, s.upstream.curve)
+        except CurveError as e:
+            raise StartupError(str(e)) from e
         pull = self.ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.MAXMSGSIZE, s.ingest.max_frame_bytes)
         pull.setsockopt(zmq.RCVHWM, s.ingest.rcvhwm)
         pull.setsockopt(zmq.LINGER, 0)
+        # The loop owns the PULL's monitor (a socket has one): the guard's
+        # handshake events come through it, see _read_monitor.
+        self.guard.secure(pull, "ingest", monitor=False)
         self.pull = pull
-        self.monitor = pull.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor = pull.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | self.guard.monitor_events("ingest")
+        )
         try:
             for ep in s.ingest.bind:
                 pull.bind(ep)
             for ep in s.ingest.connect:
                 pull.connect(ep)
-            self.upstream = Upstream(self.ctx, s.upstream, agent_id=s.agent.id, epoch=self.epoch)
+            self.upstream = Upstream(
+                self.ctx,
+                s.upstream,
+                agent_id=s.agent.id,
+                epoch=self.epoch,
+                secure=lambda sock: self.guard.secure(sock, "upstream"),
+            )
         except zmq.ZMQError as e:
             raise StartupError(f"cannot open sockets: {e}") from e
 
@@ -239,6 +257,11 @@ class Agent:
         up = getattr(self, "upstream", None)
         if up is not None:
             up.close()
+        # After the secured sockets (until they close, the handler answers),
+        # before term (which waits for every socket).
+        guard = getattr(self, "guard", None)
+        if guard is not None:
+            guard.close()
         self.ctx.term()
 
     def _open_state(self) -> None:
@@ -313,6 +336,10 @@ class Agent:
         from agent.config import RELOADABLE, ConfigError, changed_keys, load_config
 
         self._reload_requested = False
+        try:
+            self.guard.reload_allowed()
+        except CurveError as e:
+            log.error("SIGHUP: allowed CURVE keys not reloaded, keeping the running ones: %s", e)
         if self.config_path is None:
             log.warning("SIGHUP: no config file to reload")
             return
@@ -361,6 +388,9 @@ class Agent:
         poller.register(self.upstream.sock, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        self._guard_sockets = self.guard.sockets
+        for sock in self._guard_sockets:
+            poller.register(sock, zmq.POLLIN)
         self._poller = poller
         while not self._stop_requested:
             self._turn(self._poll_timeout(time.monotonic()))
@@ -375,6 +405,8 @@ class Agent:
             self.upstream.handle_subscriptions()
         if self.monitor in ready:
             self._read_monitor()
+        if any(sock in ready for sock in self._guard_sockets):
+            self.guard.handle()
         if self._wake_r.fileno() in ready:
             with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(512)
@@ -456,9 +488,11 @@ class Agent:
     def _read_monitor(self) -> None:
         while True:
             try:
-                recv_monitor_message(self.monitor, zmq.NOBLOCK)
+                msg = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if self.guard.on_monitor_event("ingest", msg):
+                continue  # a refused handshake, counted by the guard
             # Only EVENT_DISCONNECTED is subscribed: a collector went away, or
             # ZeroMQ dropped it for a frame over max_frame_bytes.
             self.disconnects += 1
@@ -729,6 +763,7 @@ class Agent:
         pool = queues.pool if queues is not None else None
         recovered = sum(c.recovered for c in self.counters) if queues is not None else 0
         pending = store_stats.pending_events
+        curve = self.guard.statistics()
         eta = None
         if pending and self._drain_rate > 0:
             eta = round(pending / self._drain_rate, 1)
@@ -770,8 +805,11 @@ class Agent:
                 else (),
                 disconnects=getattr(self, "disconnects", 0),
                 paused=getattr(self, "paused", False),
+                unauthorized=curve.ingest.unauthorized,
             ),
-            upstream=self.upstream.statistics(),
+            upstream=dataclasses.replace(
+                self.upstream.statistics(), unauthorized=curve.upstream.unauthorized
+            ),
             critical_latency=self.latency.snapshot()
             if queues is not None
             else LatencyRecorder().snapshot(),

@@ -71,6 +71,7 @@ class UpstreamStats:
     messages: int = 0
     events: int = 0
     blocked: int = 0  # sends refused by XPUB_NODROP (a slow subscriber)
+    unauthorized: int = 0  # CURVE handshakes refused (issue 5)
 
 
 # Upper bounds (s) of the critical latency histogram: dense around the
@@ -206,6 +207,7 @@ class Snapshot:
                 "messages": self.upstream.messages,
                 "events": self.upstream.events,
                 "blocked": self.upstream.blocked,
+                "unauthorized": self.upstream.unauthorized,
             },
             "latency": {
                 "critical": {

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import cbor2
 import zmq
@@ -50,7 +51,13 @@ class _Counters:
 
 class Upstream:
     def __init__(
-        self, ctx: zmq.Context, settings: UpstreamSettings, *, agent_id: str, epoch: int
+        self,
+        ctx: zmq.Context,
+        settings: UpstreamSettings,
+        *,
+        agent_id: str,
+        epoch: int,
+        secure: Callable[[zmq.Socket], None] | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.epoch = epoch
@@ -61,6 +68,8 @@ class Upstream:
         # close() must not block the stop sequence forever on a dead peer.
         sock.setsockopt(zmq.LINGER, 2000)
         self.sock = sock
+        if secure is not None:
+            secure(sock)  # CURVE (agent/curve.py): before the first bind/connect
         for ep in settings.bind:
             sock.bind(ep)
         for ep in settings.connect:
