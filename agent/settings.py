@@ -55,8 +55,9 @@ class UpstreamSettings:
     linger_ms: int = 5
     # ZMQ_SNDHWM in messages and SO_SNDBUF in bytes: everything queued in libzmq
     # or the kernel is FIFO and sits ahead of the next critical alert, so both
-    # stay small and the backlog stays in our class queues.
-    sndhwm: int = 4
+    # stay small and the backlog stays in our class queues. Two messages still
+    # drained 1.39M events/s to a fast subscriber (loop.py, BLOCKED_RETRY_S).
+    sndhwm: int = 2
     sndbuf_bytes: int = 64 * 1024
     curve: CurveSettings = dataclasses.field(default_factory=CurveSettings)
 
