@@ -64,10 +64,13 @@ CRITICAL = int(EventClass.CRITICAL)
 NONCRITICAL_LOWEST_FIRST = tuple(reversed(CLASSES[1:]))
 
 # One ingest burst: at most this many frames / bytes (plus the frame that
-# crosses the limit) before the loop publishes again. 512 frames take ~1 ms to
-# decode, which bounds how long a critical event that arrived meanwhile waits
-# for its turn; the byte bound is the memory the governor keeps free for it.
-INGEST_MAX_FRAMES = 512
+# crosses the limit) before the loop publishes again. The burst bounds how long
+# a critical event that arrived meanwhile waits for its turn, and how often the
+# (shallow, SNDHWM 2) upstream pipe is refilled: with 512 frames (~1.5 ms) the
+# agent delivered 290k events/s of 327k ingested and fell behind; with 128 it
+# delivered all 304k, critical p99 25 ms (bench/throughput.py, one run each).
+# The byte bound is the memory the governor keeps free for a burst.
+INGEST_MAX_FRAMES = 128
 INGEST_MAX_BYTES = 256 * 1024
 # Upstream sends per turn, so a deep backlog cannot starve ingest (64 x 256
 # events ~ 16k events, a few ms).
