@@ -69,9 +69,11 @@ NONCRITICAL_LOWEST_FIRST = tuple(reversed(CLASSES[1:]))
 # (shallow, SNDHWM 2) upstream pipe is refilled: with 512 frames (~1.5 ms) the
 # agent delivered 290k events/s of 327k ingested and fell behind; with 128 it
 # delivered all 304k, critical p99 25 ms (bench/throughput.py, one run each).
-# The byte bound is the memory the governor keeps free for a burst.
+# The byte bound keeps batched frames to short turns too (32-event frames:
+# 256 KiB bursts delivered 340k events/s, 64 KiB 369k) and is the memory the
+# governor keeps free for a burst.
 INGEST_MAX_FRAMES = 128
-INGEST_MAX_BYTES = 256 * 1024
+INGEST_MAX_BYTES = 64 * 1024
 # Upstream sends per turn, so a deep backlog cannot starve ingest (64 x 256
 # events ~ 16k events, a few ms).
 PUBLISH_MAX_SENDS = 64
@@ -304,6 +306,8 @@ class Agent:
         self._watchdog_every = interval / 2 if interval else None
         self._next_watchdog = 0.0
         self._drain_rate = 0.0  # events/s recovered, smoothed, for the ETA
+        self._rate_at: float | None = None
+        self._rate_recovered = 0
         self._spilling = False
         self._turned_at = time.monotonic()
         self.latency = LatencyRecorder()
@@ -731,6 +735,7 @@ class Agent:
                     )
                     self._dropped_unlogged[cls] = 0
         if now >= self._next_snapshot:
+            self._update_drain_rate(now)
             pool = self.queues.pool
             draining = any(q.hold_back for q in self.queues.by_class)
             keep = self.governor.observe(
@@ -747,6 +752,18 @@ class Agent:
                     log.info("buffers shrunk: %d bytes returned to the OS", freed)
             self._publish_snapshot(now)
             self._next_snapshot = now + SNAPSHOT_EVERY_S
+
+    def _update_drain_rate(self, now: float) -> None:
+        """Events read back from disk per second, smoothed over ~2 s, for the
+        technician's drain ETA. Zero while nothing drains (no subscriber)."""
+        recovered = sum(c.recovered for c in self.counters)
+        if self._rate_at is not None and now > self._rate_at:
+            rate = (recovered - self._rate_recovered) / (now - self._rate_at)
+            # The first measurement is taken as is; then smoothed over ~2 s.
+            alpha = 1.0 if not self._drain_rate else min(1.0, (now - self._rate_at) / 2.0)
+            self._drain_rate += alpha * (rate - self._drain_rate)
+        self._rate_at = now
+        self._rate_recovered = recovered
 
     def _publish_snapshot(self, now: float) -> None:
         self._snapshot = self._build_snapshot(now)
@@ -778,7 +795,7 @@ class Agent:
         pending = store_stats.pending_events
         curve = self.guard.statistics()
         eta = None
-        if pending and self._drain_rate > 0:
+        if pending and self._drain_rate >= 1.0:
             eta = round(pending / self._drain_rate, 1)
         return Snapshot(
             agent_id=s.agent.id,

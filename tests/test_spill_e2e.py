@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import cbor2
 import pytest
@@ -92,6 +93,31 @@ def test_subscriber_away_forces_spill_then_everything_arrives_critical_first(
         what="drained",
     )
     assert done["spill"]["recovered_events"] >= doc["spill"]["pending_events"]
+    assert agent.stop() == 0
+
+
+def test_a_slow_drain_shows_an_estimate_of_the_time_left(make_agent, zctx) -> None:
+    agent = make_agent(**SMALL).start()
+    n = 100_000
+    send_all(zctx, agent, flood_frames(n))
+    doc = agent.wait_state(lambda d: total_received(d) == n, timeout=60)
+    assert doc["spill"]["pending_events"] > 0
+    assert doc["spill"]["drain_eta_s"] is None  # nobody subscribed: nothing drains
+    # A slow reader that keeps its own queue shallow, so the backlog stays in
+    # the agent (a deep RCVHWM would simply take it all).
+    sub = Subscriber(zctx, agent.upstream, rcvhwm=2)
+    deadline = time.monotonic() + 30
+    eta = None
+    while eta is None and time.monotonic() < deadline:
+        sub.recv_one()
+        if len(sub.messages) % 20 == 0:
+            eta = agent.get()["spill"]["drain_eta_s"]
+        time.sleep(0.002)  # the slow reader: ~100k events/s at most
+    assert isinstance(eta, float) and eta > 0, eta
+    sub.collect(n, timeout=60)
+    assert sub.count == n
+    drained = agent.wait_state(lambda d: d["spill"]["pending_events"] == 0)
+    assert drained["spill"]["drain_eta_s"] is None
     assert agent.stop() == 0
 
 
