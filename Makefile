@@ -26,9 +26,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n auto -q
 
+## lint: ruff over everything, mypy over the pure core (pyproject.toml lists it)
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/ruff format --check agent tests bench
+	$(BIN)/mypy
 
 ## bench: the throughput benchmark (issue 2) and the brownout benchmark (issue 3)
 bench: $(STAMP)

@@ -145,19 +145,15 @@ class Agent:
 
     # -- public ----------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        self._stop_requested = True
-
     def snapshot(self) -> Snapshot:
+        """The latest snapshot; the HTTP thread's only view of the agent."""
         snap = self._snapshot
         assert snap is not None
         return snap
 
-    def run(self, *, ready: callable | None = None) -> int:  # type: ignore[valid-type]
-        """Run until a stop is requested; returns the exit status (0)."""
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit status (0)."""
         with self._opened():
-            if ready is not None:
-                ready()
             self._serve()
             self._stop()
         return 0
@@ -769,29 +765,25 @@ class Agent:
         self._snapshot = self._build_snapshot(now)
 
     def _build_snapshot(self, now: float) -> Snapshot:
+        """Everything a person may ask, from each component's statistics().
+        Only called once sockets, queues and the store exist (_opened)."""
         s = self.settings
-        queues = getattr(self, "queues", None)
+        queues = self.queues
         store_stats = self.store.statistics()
-        classes = []
-        for cls in CLASSES:
-            c = self.counters[cls] if queues is not None else _ClassCounters()
-            q = queues[cls] if queues is not None else None
-            per = store_stats.classes[cls]
-            classes.append(
-                ClassStats(
-                    received=c.received,
-                    queued=q.events if q else 0,
-                    queued_bytes=q.bytes if q else 0,
-                    spilled=c.spilled,
-                    pending=per.pending_events,
-                    pending_bytes=per.pending_bytes,
-                    delivered=c.delivered,
-                    dropped=c.dropped,
-                )
+        classes = tuple(
+            ClassStats(
+                received=c.received,
+                queued=q.events,
+                queued_bytes=q.bytes,
+                spilled=c.spilled,
+                pending=per.pending_events,
+                pending_bytes=per.pending_bytes,
+                delivered=c.delivered,
+                dropped=c.dropped,
             )
-        gov = self.governor.statistics() if queues is not None else None
-        pool = queues.pool if queues is not None else None
-        recovered = sum(c.recovered for c in self.counters) if queues is not None else 0
+            for c, q, per in zip(self.counters, queues.by_class, store_stats.classes, strict=True)
+        )
+        gov = self.governor.statistics()
         pending = store_stats.pending_events
         curve = self.guard.statistics()
         eta = None
@@ -800,49 +792,45 @@ class Agent:
         return Snapshot(
             agent_id=s.agent.id,
             version=agent.__version__,
-            epoch=getattr(self, "epoch", 0),
+            epoch=self.epoch,
             state=self._state,
             started_at=self._started_wall,
             taken_at=time.time(),
             loop_monotonic=now,
-            classes=tuple(classes),
+            classes=classes,
             buffer=BufferStats(
-                used_bytes=queues.used_bytes if queues is not None else 0,
-                allocated_bytes=pool.allocated_bytes if pool is not None else 0,
-                capacity_bytes=gov.capacity_bytes if gov else 0,
+                used_bytes=queues.used_bytes,
+                allocated_bytes=queues.pool.allocated_bytes,
+                capacity_bytes=gov.capacity_bytes,
                 budget_bytes=s.buffer.budget_bytes,
                 critical_reserve_bytes=s.buffer.critical_reserve_bytes,
-                state=gov.state.value if gov else "steady",
+                state=gov.state.value,
             ),
             spill=SpillStats(
                 enabled=True,
                 dir=s.spill.dir,
-                spilled_events=sum(c.spilled for c in self.counters) if queues is not None else 0,
+                spilled_events=sum(c.spilled for c in self.counters),
                 pending_events=pending,
                 pending_bytes=store_stats.pending_bytes,
-                recovered_events=recovered,
+                recovered_events=sum(c.recovered for c in self.counters),
                 file_bytes=store_stats.file_bytes,
                 corrupt_records=store_stats.corrupt_records,
                 flushes=store_stats.flushes,
                 drain_eta_s=eta,
             ),
             ingest=IngestStats(
-                frames=getattr(self, "frames", 0),
-                events=getattr(self, "events_in", 0),
-                rejected_total=sum(self.rejected.values()) if queues is not None else 0,
-                rejected_by_reason=tuple(sorted(self.rejected.items()))
-                if queues is not None
-                else (),
-                disconnects=getattr(self, "disconnects", 0),
-                paused=getattr(self, "paused", False),
+                frames=self.frames,
+                events=self.events_in,
+                rejected_total=sum(self.rejected.values()),
+                rejected_by_reason=tuple(sorted(self.rejected.items())),
+                disconnects=self.disconnects,
+                paused=self.paused,
                 unauthorized=curve.ingest.unauthorized,
             ),
             upstream=dataclasses.replace(
                 self.upstream.statistics(), unauthorized=curve.upstream.unauthorized
             ),
-            critical_latency=self.latency.snapshot()
-            if queues is not None
-            else LatencyRecorder().snapshot(),
+            critical_latency=self.latency.snapshot(),
         )
 
     # -- stop --------------------------------------------------------------------

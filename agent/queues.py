@@ -215,11 +215,11 @@ class ClassQueue:
         base = 0  # byte offset in blob of event `done`
         view = memoryview(blob)
         while done < n:
-            tail = lane[-1] if lane else None
             fit = 0
-            if tail is not None and tail.token is None:
+            if lane and lane[-1].token is None:
                 # Never append to a chunk read back from disk: its ring record
                 # is released when exactly its own events are delivered.
+                tail = lane[-1]
                 fit = bisect.bisect_right(ends, base + tail.free, lo=done) - done
             if fit == 0:
                 tail = self._new_chunk(ends[done] - base)
