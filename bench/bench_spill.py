@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmh3  # noqa: E402
 
 from agent.spill import SpillRing, SpillStore  # noqa: E402
-from agent.spill.ring import DATA_OFFSET, SLOT_BYTES  # noqa: E402
+from agent.spill.format import DATA_OFFSET, SLOT_BYTES  # noqa: E402
 
 MiB = 1024 * 1024
 EVENT_BYTES = 120

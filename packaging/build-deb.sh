@@ -22,16 +22,14 @@
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
-top=$(dirname "$here")
-arch=""
-pyver="3.11"
+prog=build-deb
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$here/lib.sh"
 wheelhouse=""
 out="$here/out"
 revision=1
 compress=xz
 maintainer=${DEB_MAINTAINER:-"edge-agent maintainers <edge-agent@localhost>"}
-
-die() { printf 'build-deb: %s\n' "$*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -45,21 +43,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-case "$arch" in
-    amd64) machine=x86_64 ;;
-    arm64) machine=aarch64 ;;
-    *) die "--arch must be amd64 or arm64, not '${arch}'" ;;
-esac
-case "$pyver" in
-    3.[0-9]|3.[0-9][0-9]) ;;
-    *) die "--pyver must look like 3.11, not '${pyver}'" ;;
-esac
+check_target
 case "$compress" in
     xz|gzip|none) ;;
     *) die "--compress must be xz, gzip or none" ;;
 esac
 command -v dpkg-deb >/dev/null 2>&1 || die "dpkg-deb not found (apt-get install dpkg-dev)"
-cpyver=$(printf '%s' "$pyver" | tr -d .)
 [ -n "$wheelhouse" ] || wheelhouse="$here/wheelhouse/$arch-cp$cpyver"
 [ -d "$wheelhouse" ] || die "no wheelhouse at $wheelhouse: run fetch-wheels.sh --arch $arch first"
 

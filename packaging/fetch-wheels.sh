@@ -19,14 +19,12 @@
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
-top=$(dirname "$here")
-arch=""
-pyver="3.11"
+prog=fetch-wheels
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$here/lib.sh"
 glibc="2.36"
 dest=""
 python=${PYTHON:-python3}
-
-die() { printf 'fetch-wheels: %s\n' "$*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -39,20 +37,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-case "$arch" in
-    amd64) machine=x86_64 ;;
-    arm64) machine=aarch64 ;;
-    *) die "--arch must be amd64 or arm64, not '${arch}'" ;;
-esac
-case "$pyver" in
-    3.[0-9]|3.[0-9][0-9]) ;;
-    *) die "--pyver must look like 3.11, not '${pyver}'" ;;
-esac
+check_target
 glibc_minor=${glibc#2.}
 case "$glibc_minor" in
     ''|*[!0-9]*) die "--glibc must look like 2.36, not '${glibc}'" ;;
 esac
-cpyver=$(printf '%s' "$pyver" | tr -d .)
 [ -n "$dest" ] || dest="$here/wheelhouse/$arch-cp$cpyver"
 
 # A fresh directory each time: a wheel left over from an older fetch (another

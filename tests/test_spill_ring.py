@@ -1,5 +1,5 @@
-"""agent/spill/ring.py: the record format (pure), the ring against a deque model,
-and recovery from torn headers, crashes and corrupt files."""
+"""agent/spill/format.py and ring.py: the record format (pure), the ring against a
+deque model, and recovery from torn headers, crashes and corrupt files."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from agent.spill.ring import (
+from agent.spill.format import (
     DATA_OFFSET,
     INITIAL_SEQ,
     KIND_BATCH,
@@ -33,8 +33,6 @@ from agent.spill.ring import (
     SLOT_BYTES,
     SLOT_ENCODED_BYTES,
     SlotState,
-    SpillError,
-    SpillRing,
     choose_slot,
     decode_record_header,
     decode_slot,
@@ -45,6 +43,7 @@ from agent.spill.ring import (
     record_crc_ok,
     record_span,
 )
+from agent.spill.ring import SpillError, SpillRing
 
 # ------------------------------------------------------------------ helpers
 

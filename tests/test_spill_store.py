@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.spill import SpillError, SpillStore, ring_sizes
-from agent.spill.ring import DATA_OFFSET
+from agent.spill.format import DATA_OFFSET
 from agent.spill.store import LOCK_NAME, MIN_RING_BYTES, RING_SHARES, ring_file_name
 
 MiB = 1024 * 1024

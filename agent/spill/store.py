@@ -3,7 +3,7 @@
 This module owns the spill directory: creating it (mode 0700), the exclusive
 lock on it, the split of `[spill] max_bytes` across the classes, the check that
 the disk can hold that much before anything is allocated, and the batch payload
-encoding. The ring format and the file I/O are `ring.py`'s.
+encoding. The ring's on-disk format is `format.py`'s, its file I/O `ring.py`'s.
 
 Batch payload (one in-memory chunk = one ring record)::
 
@@ -44,7 +44,8 @@ from array import array
 from collections.abc import Sequence
 
 from agent.classes import CLASS_NAMES
-from agent.spill.ring import DATA_OFFSET, Buffer, RingStats, SpillError, SpillRing
+from agent.spill.format import DATA_OFFSET, Buffer
+from agent.spill.ring import RingStats, SpillError, SpillRing
 
 # Shares of max_bytes, in eighths, indexed by class (critical, high, normal, low).
 # Critical is ~1% of a brownout's events and drained first: 1/8 of the default

@@ -1,0 +1,282 @@
+"""The spill ring's on-disk format: header slots and records, as bytes.
+
+Everything that decides what the bytes of a ring file mean lives in this module:
+the file layout, the header slot encoding, the record and skip item encoding,
+and the checksums that tell a sound slot or record from a torn, corrupt or
+foreign one. It is pure: bytes and numbers in, values and bytes out. It opens no
+file, maps nothing and reads no clock; `ring.py` (`SpillRing`) is the only code
+that puts these bytes in a file, and decides where they go and how a damaged
+file is walked.
+
+File layout (little-endian, every offset 8-byte aligned)::
+
+    [0, 4096)      header slot A   } written alternately; the valid slot with the
+    [4096, 8192)   header slot B   } highest generation wins (one page each, so a
+                                     torn page write can only hit one slot)
+    [8192, end)    data region: a circle of items, never split at its end
+        batch item: 48-byte record header + payload, padded to 8 bytes
+        skip item:  48-byte record header; the reader jumps over `length` more
+                    bytes (a wrap marker when it reaches the end of the region,
+                    or the hole push_front leaves at the start of the region)
+        fewer than 48 bytes left before the end: an implicit wrap to offset 0
+
+Promises:
+- Decoding never raises for bad bytes: a torn, corrupt, foreign (another
+  class's, another version's) or inconsistent slot or record header decodes to
+  None, and a payload that fails its checksum makes `record_crc_ok` False.
+- Every checksum is seeded, with a distinct seed per use (FACTS: the mmh3
+  zero-seed trap), so all-zero bytes never validate and a slot never validates
+  as a record header or the other way round.
+- A record's crc covers its seq and every header field and is written last
+  (`seal_record`), so a record cut short by a crash fails it and a partial write
+  cannot relabel a stale record (ring.py's recovery invariants rely on this).
+- Hashing accepts a memoryview of the mapping and copies nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable
+
+import mmh3
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _hash32_mmh3_v4(key: Buffer, seed: int) -> int:  # pragma: no cover - mmh3 4.x
+    return mmh3.hash_from_buffer(key, seed, signed=False)
+
+
+# mmh3 5.x's buffer hash; mmh3 4.x (setup.cfg allows it) only has hash_from_buffer.
+# Both accept a memoryview of the mapping, so hashing a record copies nothing
+# (mmh3.hash itself refuses memoryviews).
+_hash32: Callable[[Buffer, int], int] = getattr(mmh3, "mmh3_32_uintdigest", _hash32_mmh3_v4)
+
+
+FORMAT_VERSION = 1
+ALIGN = 8
+SLOT_BYTES = 4096  # one page per header slot
+DATA_OFFSET = 2 * SLOT_BYTES
+# Smallest data region we accept: enough for a few records in tests; the store
+# never asks for less than 64 KiB per ring.
+MIN_DATA_BYTES = 4096
+# Seqs start high so push_front (which counts down) can never go below zero.
+INITIAL_SEQ = 1 << 32
+
+# Checksum seeds: any non-zero values (FACTS: mmh3.hash(b"", 0) == 0, so an
+# all-zero slot or record would pass an unseeded checksum). Distinct per use so a
+# slot can never validate as a record header or the other way round.
+SLOT_SEED = 0x3C6E_F372
+RECORD_SEED = 0x9E37_79B9
+RECORD_HEADER_SEED = 0x7F4A_7C15
+
+# ---------------------------------------------------------------- header slot
+
+SLOT_MAGIC = b"EAGSPILL"
+# magic, version, class, generation, file_size, data_offset, data_size,
+# head_pos, head_seq, tail_pos, tail_seq, prepared; then the u32 checksum of all that.
+_SLOT = struct.Struct("<8sIIQQQQQQQQQ")
+_U32 = struct.Struct("<I")
+SLOT_ENCODED_BYTES = _SLOT.size + _U32.size  # 92
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotState:
+    """What one header slot says: the ring's geometry and its durable front."""
+
+    class_index: int
+    generation: int  # +1 per header write; the newest valid slot wins
+    file_size: int
+    data_offset: int
+    data_size: int
+    head_pos: int  # oldest unreleased record, relative to data_offset
+    head_seq: int
+    tail_pos: int  # a hint: the walk at open finds the real tail
+    tail_seq: int  # every record ever written has seq < tail_seq
+    prepared: int  # data bytes zero-filled at creation (< data_size: creation was cut short)
+
+
+def encode_slot(state: SlotState) -> bytes:
+    body = _SLOT.pack(
+        SLOT_MAGIC,
+        FORMAT_VERSION,
+        state.class_index,
+        state.generation,
+        state.file_size,
+        state.data_offset,
+        state.data_size,
+        state.head_pos,
+        state.head_seq,
+        state.tail_pos,
+        state.tail_seq,
+        state.prepared,
+    )
+    return body + _U32.pack(_hash32(body, SLOT_SEED))
+
+
+def decode_slot(buf: Buffer, class_index: int | None = None) -> SlotState | None:
+    """The slot's state, or None when it is torn, corrupt, foreign or inconsistent."""
+    if len(buf) < SLOT_ENCODED_BYTES:
+        return None
+    body = bytes(buf[: _SLOT.size])
+    (crc,) = _U32.unpack_from(buf, _SLOT.size)
+    if _hash32(body, SLOT_SEED) != crc:
+        return None
+    magic, version, cls, gen, fsize, doff, dsize, hpos, hseq, tpos, tseq, prep = _SLOT.unpack(body)
+    if magic != SLOT_MAGIC or version != FORMAT_VERSION or gen == 0:
+        return None
+    if class_index is not None and cls != class_index:
+        return None
+    if doff != DATA_OFFSET or dsize < MIN_DATA_BYTES or dsize % ALIGN or fsize < doff + dsize:
+        return None
+    if hpos >= dsize or tpos >= dsize or hpos % ALIGN or tpos % ALIGN or hseq > tseq:
+        return None
+    if prep > dsize:
+        return None
+    return SlotState(cls, gen, fsize, doff, dsize, hpos, hseq, tpos, tseq, prep)
+
+
+def choose_slot(
+    slot_a: Buffer, slot_b: Buffer, class_index: int | None = None
+) -> tuple[SlotState | None, int]:
+    """(newest valid slot or None, number of invalid slots)."""
+    states = [decode_slot(slot_a, class_index), decode_slot(slot_b, class_index)]
+    valid = [s for s in states if s is not None]
+    best = max(valid, key=lambda s: s.generation) if valid else None
+    return best, 2 - len(valid)
+
+
+# --------------------------------------------------------------------- records
+
+RECORD_MAGIC = b"\xf7sR\x01"  # 0xf7 (CBOR "undefined") keeps it rare in event bytes
+KIND_BATCH = 1
+KIND_SKIP = 2
+# magic, crc, seq, floor, stamp, length, count, class, kind, reserved, hcrc
+#   crc   covers [8, 48 + payload) - the seq and every header field included
+#   floor the ring's head seq when the record was written (used only when both
+#         header slots are lost, to tell live records from released ones)
+#   stamp the header generation that follows this write (newest write wins)
+#   hcrc  covers [8, 44): lets a resync reject a look-alike header without
+#         hashing the length it claims
+_REC = struct.Struct("<4sIQQQIIBBHI")
+REC_HDR = _REC.size  # 48
+_HCRC_AT = 44
+_CRC_AT = 4
+_COVER_FROM = 8
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordHeader:
+    seq: int
+    floor: int
+    stamp: int
+    length: int  # payload bytes (batch) or bytes skipped after the header (skip)
+    count: int  # events in the batch; 0 for a skip
+    class_index: int
+    kind: int
+    crc: int
+
+
+def record_span(length: int) -> int:
+    """Bytes a batch record with `length` payload bytes occupies in the ring."""
+    return (REC_HDR + length + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def pack_record_header(
+    buf: memoryview | bytearray,
+    off: int,
+    *,
+    seq: int,
+    floor: int,
+    stamp: int,
+    length: int,
+    count: int,
+    class_index: int,
+    kind: int,
+) -> None:
+    """Writes a record header with its hcrc; the crc stays 0 until `seal_record`."""
+    _REC.pack_into(
+        buf, off, RECORD_MAGIC, 0, seq, floor, stamp, length, count, class_index, kind, 0, 0
+    )
+    hcrc = _hash32(buf[off + _COVER_FROM : off + _HCRC_AT], RECORD_HEADER_SEED)
+    _U32.pack_into(buf, off + _HCRC_AT, hcrc)
+
+
+def seal_record(buf: memoryview | bytearray, off: int, covered: int) -> None:
+    """Writes the crc over the header fields and `covered` payload bytes. Written last,
+    so a record cut short by a crash fails its checksum."""
+    crc = _hash32(buf[off + _COVER_FROM : off + REC_HDR + covered], RECORD_SEED)
+    _U32.pack_into(buf, off + _CRC_AT, crc)
+
+
+def decode_record_header(
+    buf: Buffer, off: int, class_index: int | None = None
+) -> RecordHeader | None:
+    """The header at `off` if it is structurally sound and its hcrc matches (the
+    payload crc is checked separately by `record_crc_ok`)."""
+    if off < 0 or off + REC_HDR > len(buf):
+        return None
+    magic, crc, seq, floor, stamp, length, count, cls, kind, rsv, hcrc = _REC.unpack_from(buf, off)
+    if magic != RECORD_MAGIC or rsv != 0:
+        return None
+    if class_index is not None and cls != class_index:
+        return None
+    if kind == KIND_BATCH:
+        # Zero lengths are rejected (FACTS: the mmh3 zero-seed trap makes empty
+        # things dangerous), and a batch was always written at or after the head.
+        if length == 0 or count == 0 or floor > seq:
+            return None
+    elif kind != KIND_SKIP or count != 0:
+        return None
+    if _hash32(buf[off + _COVER_FROM : off + _HCRC_AT], RECORD_HEADER_SEED) != hcrc:
+        return None
+    return RecordHeader(seq, floor, stamp, length, count, cls, kind, crc)
+
+
+def record_crc_ok(buf: Buffer, off: int, hdr: RecordHeader) -> bool:
+    covered = hdr.length if hdr.kind == KIND_BATCH else 0
+    end = off + REC_HDR + covered
+    if end > len(buf):
+        return False
+    return _hash32(buf[off + _COVER_FROM : end], RECORD_SEED) == hdr.crc
+
+
+def encode_record(
+    *, seq: int, floor: int, stamp: int, class_index: int, count: int, payload: Buffer
+) -> bytes:
+    """A whole batch record, padded to its span (what `SpillRing` writes in place)."""
+    length = len(payload)
+    buf = bytearray(record_span(length))
+    pack_record_header(
+        buf,
+        0,
+        seq=seq,
+        floor=floor,
+        stamp=stamp,
+        length=length,
+        count=count,
+        class_index=class_index,
+        kind=KIND_BATCH,
+    )
+    buf[REC_HDR : REC_HDR + length] = payload
+    seal_record(buf, 0, length)
+    return bytes(buf)
+
+
+def encode_skip(*, seq: int, stamp: int, class_index: int, skip: int) -> bytes:
+    """A skip item's header; the reader continues `skip` bytes after it."""
+    buf = bytearray(REC_HDR)
+    pack_record_header(
+        buf,
+        0,
+        seq=seq,
+        floor=seq,
+        stamp=stamp,
+        length=skip,
+        count=0,
+        class_index=class_index,
+        kind=KIND_SKIP,
+    )
+    seal_record(buf, 0, 0)
+    return bytes(buf)
