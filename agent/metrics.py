@@ -47,7 +47,6 @@ no cost beyond the import), so /metrics shows exactly what is listed here.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import (
@@ -63,7 +62,7 @@ from prometheus_client.utils import floatToGoString
 from agent.classes import CLASS_NAMES
 from agent.codec import MULTIPART, REASONS
 from agent.governor import GovernorState
-from agent.stats import Snapshot
+from agent.stats import LatencyHistogram, Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -78,24 +77,6 @@ KNOWN_REASONS: tuple[str, ...] = (*REASONS, MULTIPART)
 GOVERNOR_STATES: tuple[str, ...] = tuple(s.value for s in GovernorState)
 # Snapshot.state values (loop.py).
 AGENT_STATES: tuple[str, ...] = ("starting", "running", "stopping")
-
-
-class LatencyHistogram(Protocol):
-    """What `Snapshot.critical_latency` provides (stats.py, once it has it).
-
-    `buckets`: (upper bound in seconds, events at or below it), cumulative and
-    ascending, finite bounds only: the +Inf bucket is `count` (JSON, which
-    carries the same object, has no Infinity).
-    """
-
-    @property
-    def buckets(self) -> Sequence[tuple[float, int]]: ...
-
-    @property
-    def sum_s(self) -> float: ...
-
-    @property
-    def count(self) -> int: ...
 
 
 def render(snap: Snapshot, *, loop_age_s: float | None = None) -> bytes:
@@ -127,9 +108,7 @@ def families(snap: Snapshot, *, loop_age_s: float | None = None) -> Iterator[Met
     yield from _spill(snap)
     yield from _ingest(snap)
     yield from _upstream(snap)
-    histogram = getattr(snap, "critical_latency", None)
-    if histogram is not None:
-        yield _latency(histogram)
+    yield _latency(snap.critical_latency)
 
 
 # ---------------------------------------------------------------- families
@@ -247,9 +226,7 @@ def _ingest(snap: Snapshot) -> Iterator[Metric]:
         labels=["socket"],
     )
     unauthorized.add_metric(["ingest"], i.unauthorized)
-    upstream_refused = getattr(snap.upstream, "unauthorized", None)
-    if upstream_refused is not None:
-        unauthorized.add_metric(["upstream"], upstream_refused)
+    unauthorized.add_metric(["upstream"], snap.upstream.unauthorized)
     yield unauthorized
 
 
@@ -270,6 +247,8 @@ def _upstream(snap: Snapshot) -> Iterator[Metric]:
 
 
 def _latency(h: LatencyHistogram) -> Metric:
+    # The snapshot holds finite bounds only (JSON, which carries the same
+    # object, has no Infinity): the +Inf bucket is `count`.
     buckets: list[tuple[str, float]] = [(floatToGoString(le), n) for le, n in h.buckets]
     buckets.append(("+Inf", h.count))
     return HistogramMetricFamily(

@@ -24,8 +24,8 @@ served with. It promises:
 Client-side computations (they need two snapshots, which only the browser has):
 rates are counter deltas over the agent's own `agent.taken_at` (not the
 laptop's clock) across the last ~5 s; critical latency quantiles are read off
-the histogram's bucket deltas over the last ~60 s (`latency.critical`, once
-the agent reports it; "n/a" before).
+the histogram's bucket deltas over the last ~60 s (`latency.critical`; "n/a"
+while no critical event has been measured, or from an older agent without it).
 """
 
 from __future__ import annotations

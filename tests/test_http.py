@@ -8,8 +8,6 @@ import json
 import logging
 import socket
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -18,53 +16,31 @@ import pytest
 
 from agent.classes import CLASS_NAMES
 from agent.http import HttpServer, _LoggerStream, make_app
-from agent.stats import BufferStats, ClassStats, IngestStats, Snapshot, SpillStats, empty_snapshot
+from agent.stats import BufferStats, ClassStats, IngestStats, SpillStats
 
-# No proxy: a test machine's http_proxy must not see loopback requests.
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class Box:
-    """What the loop would publish: one snapshot reference and a clock, both set by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.snap: Snapshot = dataclasses.replace(
-            empty_snapshot("gw-test", "0.1.0", now=1.7e9),
-            state="running",
-            loop_monotonic=self.now,
-        )
-
-    def snapshot(self) -> Snapshot:
-        return self.snap
-
-    def clock(self) -> float:
-        return self.now
+from samples import OPENER, FakeLoop, base_url, failing_snapshot, fetch, running, serving
 
 
 @pytest.fixture
-def box() -> Box:
-    return Box()
+def box() -> FakeLoop:
+    """An agent running since 1.7e9 that published at loop time 1000.0, the clock there too."""
+    return FakeLoop(running("gw-test", started=1.7e9, loop_monotonic=1000.0))
 
 
 @pytest.fixture
-def server(box: Box) -> Iterator[HttpServer]:
-    srv = HttpServer("127.0.0.1", 0, box.snapshot, stale_after_s=3.0, clock=box.clock)
-    srv.start()
-    yield srv
-    srv.stop()
+def server(box: FakeLoop) -> Iterator[HttpServer]:
+    with serving(box.snapshot, stale_after_s=3.0, clock=box.clock) as srv:
+        yield srv
+
+
+@pytest.fixture
+def broken_server(box: FakeLoop) -> Iterator[HttpServer]:
+    with serving(failing_snapshot, clock=box.clock) as srv:
+        yield srv
 
 
 def request(srv: HttpServer, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    host, port = srv.address
-    data = b"{}" if method in ("POST", "PUT") else None
-    req = urllib.request.Request(f"http://{host}:{port}{path}", data=data, method=method)
-    try:
-        with OPENER.open(req, timeout=5) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, dict(e.headers), e.read()
+    return fetch(base_url(srv, path), method)
 
 
 def get_json(srv: HttpServer, path: str) -> tuple[int, Any]:
@@ -114,7 +90,7 @@ def test_backpressure_of_an_empty_snapshot_has_every_contract_field(server: Http
     check_contract(json.loads(body))
 
 
-def test_backpressure_serves_the_current_snapshot(server: HttpServer, box: Box) -> None:
+def test_backpressure_serves_the_current_snapshot(server: HttpServer, box: FakeLoop) -> None:
     mib = 1 << 20
     box.snap = dataclasses.replace(
         box.snap,
@@ -148,7 +124,7 @@ def test_head_answers_like_get_without_a_body(server: HttpServer) -> None:
 # ---------------------------------------------------------------- healthz
 
 
-def test_healthz_ok_while_the_loop_is_fresh(server: HttpServer, box: Box) -> None:
+def test_healthz_ok_while_the_loop_is_fresh(server: HttpServer, box: FakeLoop) -> None:
     box.now += 3.0  # exactly the limit still counts as fresh
     status, doc = get_json(server, "/healthz")
     assert status == 200
@@ -156,7 +132,7 @@ def test_healthz_ok_while_the_loop_is_fresh(server: HttpServer, box: Box) -> Non
     assert doc["loop_age_s"] == pytest.approx(3.0)
 
 
-def test_healthz_stalled_when_the_loop_stops_publishing(server: HttpServer, box: Box) -> None:
+def test_healthz_stalled_when_the_loop_stops_publishing(server: HttpServer, box: FakeLoop) -> None:
     box.now += 3.5
     status, doc = get_json(server, "/healthz")
     assert status == 503
@@ -171,7 +147,7 @@ def test_healthz_stalled_when_the_loop_stops_publishing(server: HttpServer, box:
     )
 
 
-def test_healthz_unavailable_while_starting(server: HttpServer, box: Box) -> None:
+def test_healthz_unavailable_while_starting(server: HttpServer, box: FakeLoop) -> None:
     box.snap = dataclasses.replace(box.snap, state="starting")
     status, doc = get_json(server, "/healthz")
     assert status == 503
@@ -179,7 +155,7 @@ def test_healthz_unavailable_while_starting(server: HttpServer, box: Box) -> Non
     assert "loop_age_s" in doc
 
 
-def test_healthz_honours_stale_after(box: Box) -> None:
+def test_healthz_honours_stale_after(box: FakeLoop) -> None:
     srv = HttpServer("127.0.0.1", 0, box.snapshot, stale_after_s=10.0, clock=box.clock)
     srv.start()
     try:
@@ -211,28 +187,25 @@ def test_the_endpoint_is_read_only(server: HttpServer, method: str) -> None:
     assert doc["method"] == method
 
 
-def test_a_failing_snapshot_is_a_logged_json_500(
-    box: Box, caplog: pytest.LogCaptureFixture
-) -> None:
-    def broken() -> Snapshot:
-        raise RuntimeError("boom")
+def assert_logged_500(srv: HttpServer, path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """`path` answers a JSON 500 and the snapshot's exception reaches the log."""
+    with caplog.at_level(logging.ERROR, logger="agent.http"):
+        status, doc = get_json(srv, path)
+    assert status == 500
+    assert doc["error"] == "internal error"
+    assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
 
-    srv = HttpServer("127.0.0.1", 0, broken, clock=box.clock)
-    srv.start()
-    try:
-        with caplog.at_level(logging.ERROR, logger="agent.http"):
-            status, doc = get_json(srv, "/api/v1/gateway/backpressure")
-        assert status == 500
-        assert doc["error"] == "internal error"
-        assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
-        # The server survives its own bug.
-        assert get_json(srv, "/nope")[0] == 404
-    finally:
-        srv.stop()
+
+def test_a_failing_snapshot_is_a_logged_json_500(
+    broken_server: HttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert_logged_500(broken_server, "/api/v1/gateway/backpressure", caplog)
+    # The server survives its own bug.
+    assert get_json(broken_server, "/nope")[0] == 404
 
 
 def test_a_non_finite_number_is_a_500_not_invalid_json(
-    server: HttpServer, box: Box, caplog: pytest.LogCaptureFixture
+    server: HttpServer, box: FakeLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     box.snap = dataclasses.replace(box.snap, spill=SpillStats(drain_eta_s=float("inf")))
     with caplog.at_level(logging.ERROR, logger="agent.http"):
@@ -245,7 +218,7 @@ def test_a_non_finite_number_is_a_500_not_invalid_json(
 # ---------------------------------------------------------------- life cycle
 
 
-def test_stop_frees_the_port_and_ends_the_thread(box: Box) -> None:
+def test_stop_frees_the_port_and_ends_the_thread(box: FakeLoop) -> None:
     before = set(threading.enumerate())
     srv = HttpServer("127.0.0.1", 0, box.snapshot, clock=box.clock)
     srv.start()
@@ -267,7 +240,7 @@ def test_stop_frees_the_port_and_ends_the_thread(box: Box) -> None:
         again.stop()
 
 
-def test_stop_is_idempotent_and_safe_before_start(box: Box) -> None:
+def test_stop_is_idempotent_and_safe_before_start(box: FakeLoop) -> None:
     srv = HttpServer("127.0.0.1", 0, box.snapshot)
     srv.stop()
     srv.start()
@@ -275,7 +248,9 @@ def test_stop_is_idempotent_and_safe_before_start(box: Box) -> None:
     srv.stop()
 
 
-def test_a_port_in_use_fails_start_with_oserror_naming_it(server: HttpServer, box: Box) -> None:
+def test_a_port_in_use_fails_start_with_oserror_naming_it(
+    server: HttpServer, box: FakeLoop
+) -> None:
     host, port = server.address
     other = HttpServer(host, port, box.snapshot)
     with pytest.raises(OSError) as info:
@@ -286,14 +261,14 @@ def test_a_port_in_use_fails_start_with_oserror_naming_it(server: HttpServer, bo
     assert get_json(server, "/healthz")[0] == 200
 
 
-def test_an_address_not_on_this_host_fails_start(box: Box) -> None:
+def test_an_address_not_on_this_host_fails_start(box: FakeLoop) -> None:
     # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never assigned to a real interface.
     srv = HttpServer("192.0.2.1", 0, box.snapshot)
     with pytest.raises(OSError, match=r"192\.0\.2\.1:0"):
         srv.start()
 
 
-def test_ipv6_loopback(box: Box) -> None:
+def test_ipv6_loopback(box: FakeLoop) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 in this Python")
     srv = HttpServer("::1", 0, box.snapshot, clock=box.clock)
@@ -320,7 +295,7 @@ def test_requests_are_not_printed_to_stderr(
 
 
 def test_an_error_outside_any_route_is_still_json_and_logged(
-    box: Box, caplog: pytest.LogCaptureFixture
+    box: FakeLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Straight through WSGI, no server: Bottle's own catch-all (a failing hook
     # here) must answer JSON too, and its traceback must reach the log.
@@ -367,23 +342,11 @@ def test_metrics_and_the_page_answer_get_and_head(server: HttpServer) -> None:
 
 
 def test_a_failing_snapshot_makes_metrics_a_logged_json_500(
-    box: Box, caplog: pytest.LogCaptureFixture
+    broken_server: HttpServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken() -> Snapshot:
-        raise RuntimeError("boom")
-
-    srv = HttpServer("127.0.0.1", 0, broken, clock=box.clock)
-    srv.start()
-    try:
-        with caplog.at_level(logging.ERROR, logger="agent.http"):
-            status, doc = get_json(srv, "/metrics")
-        assert status == 500
-        assert doc["error"] == "internal error"
-        assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
-        # The page itself does not need a snapshot: it still loads.
-        assert request(srv, "/")[0] == 200
-    finally:
-        srv.stop()
+    assert_logged_500(broken_server, "/metrics", caplog)
+    # The page itself does not need a snapshot: it still loads.
+    assert request(broken_server, "/")[0] == 200
 
 
 def test_page_and_metrics_requests_are_not_printed_to_stderr(

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,15 +40,9 @@ import pytest
 from agent import page
 from agent.classes import CLASS_NAMES
 from agent.http import HttpServer
-from agent.stats import (
-    BufferStats,
-    ClassStats,
-    IngestStats,
-    Snapshot,
-    SpillStats,
-    UpstreamStats,
-    empty_snapshot,
-)
+from agent.stats import LatencyHistogram, Snapshot
+
+from samples import RATES, base_url, busy_snapshot, failing_snapshot, fetch, serving
 
 CHROMIUM = os.environ.get("EDGE_AGENT_CHROMIUM", "/usr/bin/chromium")
 HAVE_CHROMIUM = os.access(CHROMIUM, os.X_OK)
@@ -78,139 +71,9 @@ CHROMIUM_FLAGS = (
 # Waits: the page polls once a second, so 15 s is >10 polls of slack on a
 # loaded 2-core CI machine; a passing test waits ~1-3 s.
 DEADLINE_S = 15.0
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-MiB = 1 << 20
 
 
 # ---------------------------------------------------------------- a busy agent
-
-
-@dataclasses.dataclass(frozen=True)
-class Histogram:
-    """The shape proposed for `Snapshot.critical_latency` (metrics.LatencyHistogram)."""
-
-    buckets: tuple[tuple[float, int], ...]
-    sum_s: float
-    count: int
-
-
-@dataclasses.dataclass(frozen=True)
-class LatencySnapshot(Snapshot):
-    """A Snapshot with the critical latency histogram and its JSON, before stats.py has them."""
-
-    critical_latency: Any = None
-
-    def to_json(self) -> dict[str, Any]:
-        doc = super().to_json()
-        h = self.critical_latency
-        if h is not None and "latency" not in doc:
-            doc["latency"] = {
-                "critical": {
-                    "count": h.count,
-                    "sum_s": round(h.sum_s, 6),
-                    "buckets": [[le, n] for le, n in h.buckets],
-                }
-            }
-        return doc
-
-
-LATENCY_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
-# Critical events per second, by bucket (not cumulative): most within 5 ms,
-# a tail to 25 ms, nothing near the 100 ms bound.
-LATENCY_PER_S = (2, 9, 14, 10, 3, 2, 0, 0, 0, 0, 0)
-# Events per second by class: received and delivered (a busy, keeping-up agent).
-RATES = {"critical": 40, "high": 300, "normal": 5200, "low": 900}
-
-
-def busy_snapshot(n: int, *, subscribers: int = 2, latency: bool = True) -> Snapshot:
-    """What a busy agent publishes `n` seconds (of its own clock) after the first look."""
-    started = 1_764_000_000.0
-    queued = {"critical": 3, "high": 812, "normal": 48_210, "low": 9_120}
-    queued_bytes = {"critical": 420, "high": 113_000, "normal": 6_700_000, "low": 1_200_000}
-    pending = {"critical": 0, "high": 0, "normal": 182_344, "low": 96_001}
-    pending_bytes = {"critical": 0, "high": 0, "normal": 25_300_000, "low": 13_400_000}
-    spilled = {"critical": 0, "high": 0, "normal": 1_250_000, "low": 640_000}
-    dropped = {"critical": 0, "high": 0, "normal": 0, "low": 1_200}
-    classes = []
-    for i, name in enumerate(CLASS_NAMES):
-        received = 1_000_000 * (i + 1) + RATES[name] * n
-        # With nobody subscribed nothing leaves (the rest of the picture stays
-        # put: the page shows rates, not a model of the queues).
-        sent = received if subscribers else 1_000_000 * (i + 1)
-        delivered = sent - queued[name] - pending[name] - dropped[name]
-        classes.append(
-            ClassStats(
-                received=received,
-                queued=queued[name],
-                queued_bytes=queued_bytes[name],
-                spilled=spilled[name],
-                pending=pending[name],
-                pending_bytes=pending_bytes[name],
-                delivered=delivered,
-                dropped=dropped[name],
-            )
-        )
-    events_in = sum(RATES.values())
-    snap = dataclasses.replace(
-        empty_snapshot("gw-north-07", "0.1.0", now=started),
-        epoch=1_764_000_000_123,
-        state="running",
-        taken_at=started + 3 * 86400 + 4000 + n,
-        loop_monotonic=1000.0 + n,
-        classes=tuple(classes),
-        buffer=BufferStats(
-            used_bytes=301 * MiB,
-            allocated_bytes=320 * MiB,
-            capacity_bytes=384 * MiB,
-            budget_bytes=512 * MiB,
-            critical_reserve_bytes=32 * MiB,
-            state="spilling",
-        ),
-        spill=SpillStats(
-            enabled=True,
-            dir="/var/lib/edge-agent/spill",
-            spilled_events=sum(spilled.values()),
-            pending_events=sum(pending.values()),
-            pending_bytes=sum(pending_bytes.values()),
-            recovered_events=1_611_655,
-            file_bytes=2048 * MiB,
-            flushes=9_000 + n,
-            drain_eta_s=412.0,
-        ),
-        ingest=IngestStats(
-            frames=400_000 + 64 * n,
-            events=10_000_000 + events_in * n,
-            rejected_total=1_544 + 2 * n,
-            rejected_by_reason=(
-                ("bad_field_type", 12),
-                ("malformed", 52),
-                ("missing_field", 1_480 + 2 * n),
-            ),
-            disconnects=3,
-        ),
-        upstream=UpstreamStats(
-            subscribers=subscribers,
-            messages=90_000 + 30 * n,
-            events=9_000_000 + (events_in if subscribers else 0) * n,
-            blocked=17,
-        ),
-    )
-    if not latency:
-        return snap
-    # As if the agent had been up 1,250 s before the first look.
-    per_bucket = [c * (1_250 + n) for c in LATENCY_PER_S]
-    cumulative = [sum(per_bucket[: i + 1]) for i in range(len(per_bucket))]
-    fields = {
-        f.name: getattr(snap, f.name)
-        for f in dataclasses.fields(Snapshot)
-        if f.name != "critical_latency"  # once stats.py has it
-    }
-    hist = Histogram(
-        buckets=tuple(zip(LATENCY_BOUNDS_S, cumulative, strict=True)),
-        sum_s=cumulative[-1] * 0.0031,
-        count=cumulative[-1],
-    )
-    return LatencySnapshot(**fields, critical_latency=hist)
 
 
 class Agent:
@@ -227,7 +90,9 @@ class Agent:
         if self.failing:
             raise RuntimeError("simulated: the agent cannot build its answer")
         n, self.calls = self.calls, self.calls + 1
-        snap = busy_snapshot(n, subscribers=self.subscribers, latency=self.latency)
+        snap = busy_snapshot(n, subscribers=self.subscribers)
+        if not self.latency:  # nothing measured yet: the histogram at zero
+            snap = dataclasses.replace(snap, critical_latency=LatencyHistogram())
         if self.agent_id:
             snap = dataclasses.replace(snap, agent_id=self.agent_id)
         return snap
@@ -243,24 +108,16 @@ def agent() -> Agent:
 
 @pytest.fixture
 def served(agent: Agent) -> Iterator[tuple[str, HttpServer]]:
-    srv = HttpServer("127.0.0.1", 0, agent.snapshot, clock=agent.clock)
-    srv.start()
-    host, port = srv.address
-    yield f"http://{host}:{port}/", srv
-    srv.stop()
+    with serving(agent.snapshot, clock=agent.clock) as srv:
+        yield base_url(srv, "/"), srv
 
 
 # ---------------------------------------------------------------- without a browser
 
 
-def get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    with OPENER.open(urllib.request.Request(url, method=method), timeout=5) as resp:
-        return resp.status, dict(resp.headers), resp.read()
-
-
 def test_get_root_serves_the_page_with_its_headers(served: tuple[str, HttpServer]) -> None:
-    url, _ = served
-    status, headers, body = get(url)
+    root, _ = served
+    status, headers, body = fetch(root)
     assert status == 200
     assert headers["Content-Type"] == "text/html; charset=utf-8"
     assert headers["Cache-Control"] == "no-store"
@@ -269,21 +126,15 @@ def test_get_root_serves_the_page_with_its_headers(served: tuple[str, HttpServer
     assert "connect-src 'self'" in headers["Content-Security-Policy"]
     assert body.startswith(b"<!doctype html>")
     assert body == page.BODY_BYTES
-    status, headers, body = get(url, "HEAD")
+    status, headers, body = fetch(root, "HEAD")
     assert (status, body) == (200, b"")
     assert headers["Content-Type"] == "text/html; charset=utf-8"
 
 
-def test_the_page_needs_no_snapshot_to_be_served(agent: Agent) -> None:
+def test_the_page_needs_no_snapshot_to_be_served() -> None:
     # The page is static; only its polls touch the snapshot.
-    agent.failing = True
-    srv = HttpServer("127.0.0.1", 0, agent.snapshot, clock=agent.clock)
-    srv.start()
-    try:
-        host, port = srv.address
-        assert get(f"http://{host}:{port}/")[0] == 200
-    finally:
-        srv.stop()
+    with serving(failing_snapshot) as srv:
+        assert fetch(base_url(srv, "/"))[0] == 200
 
 
 def test_the_page_references_nothing_outside_itself() -> None:
@@ -520,9 +371,9 @@ def bottom(tab: Tab, element_id: str) -> float:
 
 @needs_chromium
 def test_a_busy_agent_at_1024x768(served: tuple[str, HttpServer], tab_factory: Any) -> None:
-    url, _ = served
+    root, _ = served
     tab = tab_factory(1024, 768)
-    tab.goto(url)
+    tab.goto(root)
     tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
 
     assert tab.text("agent-id") == "gw-north-07"
@@ -579,12 +430,9 @@ def test_a_busy_agent_at_1024x768(served: tuple[str, HttpServer], tab_factory: A
 @needs_chromium
 def test_no_subscriber_is_loud_on_a_phone(tab_factory: Any) -> None:
     agent = Agent(subscribers=0, latency=False, agent_id='<img src=x onerror="alert(1)">')
-    srv = HttpServer("127.0.0.1", 0, agent.snapshot, clock=agent.clock)
-    srv.start()
-    try:
-        host, port = srv.address
+    with serving(agent.snapshot, clock=agent.clock) as srv:
         tab = tab_factory(390, 844, mobile=True)
-        tab.goto(f"http://{host}:{port}/")
+        tab.goto(base_url(srv, "/"))
         tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
 
         assert tab.text("up-state") == "\u2716 NOT CONNECTED"
@@ -594,7 +442,7 @@ def test_no_subscriber_is_loud_on_a_phone(tab_factory: Any) -> None:
         assert tab.evaluate("document.title").startswith("NOT CONNECTED")
         assert row(tab, "normal")["out"] == "0"  # nothing leaves while nobody listens
 
-        # No histogram from this agent: said, not left blank or made up.
+        # No critical event measured: said, not left blank or made up.
         assert tab.text("lat-p99") == "n/a"
 
         # The agent id is shown as text, never run as markup.
@@ -610,17 +458,15 @@ def test_no_subscriber_is_loud_on_a_phone(tab_factory: Any) -> None:
             < 300
         )
         assert tab.errors() == []
-    finally:
-        srv.stop()
 
 
 @needs_chromium
 def test_stale_when_the_agent_stops_answering(
     agent: Agent, served: tuple[str, HttpServer], tab_factory: Any
 ) -> None:
-    url, srv = served
+    root, srv = served
     tab = tab_factory()
-    tab.goto(url)
+    tab.goto(root)
     tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
 
     agent.failing = True  # HTTP 500 from here on
@@ -650,21 +496,17 @@ def test_stale_when_the_agent_stops_answering(
 def write_screenshot(path: str) -> None:
     """Render the busy agent at 1024x900 and save the PNG (docs/status-page.png)."""
     agent = Agent()
-    srv = HttpServer("127.0.0.1", 0, agent.snapshot, clock=agent.clock)
-    srv.start()
-    with tempfile.TemporaryDirectory() as home:
+    with serving(agent.snapshot, clock=agent.clock) as srv, tempfile.TemporaryDirectory() as home:
         b = Browser(CHROMIUM, os.path.join(home, "profile"), os.path.join(home, "log"))
         try:
             tab = b.new_page(1024, 900)
-            host, port = srv.address
-            tab.goto(f"http://{host}:{port}/")
+            tab.goto(base_url(srv, "/"))
             tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
             # Five polls in: rates and latency over a full rate window.
             tab.wait_for("document.getElementById('lat-note').textContent.includes('last 5 s')")
             Path(path).write_bytes(tab.screenshot())
         finally:
             b.close()
-            srv.stop()
 
 
 if __name__ == "__main__":

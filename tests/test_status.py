@@ -15,50 +15,47 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 
 from agent.classes import CLASS_NAMES
-from agent.http import HttpServer
 from agent.stats import (
     BufferStats,
     ClassStats,
     IngestStats,
     Snapshot,
-    SpillStats,
     UpstreamStats,
     empty_snapshot,
 )
 from agent.status import DEFAULT_URL, StatusError, fetch, main, render
 
-MiB = 1 << 20
-GiB = 1 << 30
+from samples import FakeLoop, GiB, MiB, base_url, failing_snapshot, running, serving, spilling
 
 
 def busy_snapshot() -> Snapshot:
-    start = 1.7e9
-    return dataclasses.replace(
-        empty_snapshot("gw-substation-07", "0.1.0", now=start),
-        state="running",
-        epoch=17,
-        taken_at=start + 3 * 86400 + 4 * 3600 + 12 * 60,
-        classes=(
-            ClassStats(received=120, delivered=120),
-            ClassStats(received=4512, queued=12, delivered=4500),
-            ClassStats(
-                received=1_204_331,
-                queued=40_112,
-                spilled=300_000,
-                pending=210_003,
-                pending_bytes=98 * MiB,
-                delivered=954_216,
-            ),
-            ClassStats(
-                received=88_001,
-                queued=9_001,
-                spilled=60_000,
-                pending=60_000,
-                pending_bytes=5 * MiB,
-                delivered=19_000,
-                dropped=1_204,
-            ),
+    classes = (
+        ClassStats(received=120, delivered=120),
+        ClassStats(received=4512, queued=12, delivered=4500),
+        ClassStats(
+            received=1_204_331,
+            queued=40_112,
+            spilled=300_000,
+            pending=210_003,
+            pending_bytes=98 * MiB,
+            delivered=954_216,
         ),
+        ClassStats(
+            received=88_001,
+            queued=9_001,
+            spilled=60_000,
+            pending=60_000,
+            pending_bytes=5 * MiB,
+            delivered=19_000,
+            dropped=1_204,
+        ),
+    )
+    return running(
+        "gw-substation-07",
+        started=1.7e9,
+        uptime_s=3 * 86400 + 4 * 3600 + 12 * 60,
+        epoch=17,
+        classes=classes,
         buffer=BufferStats(
             used_bytes=int(61.4 * MiB),
             allocated_bytes=64 * MiB,
@@ -66,16 +63,7 @@ def busy_snapshot() -> Snapshot:
             budget_bytes=512 * MiB,
             state="spilling",
         ),
-        spill=SpillStats(
-            enabled=True,
-            dir="/var/lib/edge-agent/spill",
-            spilled_events=360_000,
-            pending_events=270_003,
-            pending_bytes=103 * MiB,
-            recovered_events=90_000,
-            file_bytes=2 * GiB,
-            drain_eta_s=252.0,
-        ),
+        spill=spilling(classes, recovered_events=90_000, file_bytes=2 * GiB, drain_eta_s=252.0),
         ingest=IngestStats(
             frames=500_000,
             events=1_296_844,
@@ -213,22 +201,11 @@ def test_color_only_when_asked() -> None:
 # ---------------------------------------------------------------- against a live endpoint
 
 
-class Agent:
-    def __init__(self, snap: Snapshot) -> None:
-        self.snap = snap
-
-    def snapshot(self) -> Snapshot:
-        return self.snap
-
-
 @pytest.fixture
-def live() -> Iterator[tuple[str, Agent]]:
-    agent = Agent(busy_snapshot())
-    srv = HttpServer("127.0.0.1", 0, agent.snapshot)
-    srv.start()
-    host, port = srv.address
-    yield f"http://{host}:{port}", agent
-    srv.stop()
+def live() -> Iterator[tuple[str, FakeLoop]]:
+    loop = FakeLoop(busy_snapshot())
+    with serving(loop.snapshot) as srv:
+        yield base_url(srv), loop
 
 
 @pytest.fixture
@@ -240,14 +217,14 @@ def closed_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def test_fetch_returns_the_document(live: tuple[str, Agent]) -> None:
+def test_fetch_returns_the_document(live: tuple[str, FakeLoop]) -> None:
     url, agent = live
     assert fetch(url) == json.loads(json.dumps(agent.snap.to_json()))
     # A trailing slash and a missing scheme are what people type.
     assert fetch(url + "/") == fetch(url.removeprefix("http://"))
 
 
-def test_main_prints_the_summary(live: tuple[str, Agent]) -> None:
+def test_main_prints_the_summary(live: tuple[str, FakeLoop]) -> None:
     url, _ = live
     out, err = io.StringIO(), io.StringIO()
     assert main(url, as_json=False, out=out, err=err) == 0
@@ -255,7 +232,7 @@ def test_main_prints_the_summary(live: tuple[str, Agent]) -> None:
     assert out.getvalue() == render(busy_snapshot().to_json())  # a StringIO is no tty
 
 
-def test_main_json_is_the_raw_document_pretty_and_sorted(live: tuple[str, Agent]) -> None:
+def test_main_json_is_the_raw_document_pretty_and_sorted(live: tuple[str, FakeLoop]) -> None:
     url, agent = live
     out, err = io.StringIO(), io.StringIO()
     assert main(url, as_json=True, out=out, err=err) == 0
@@ -285,17 +262,8 @@ def test_fetch_times_out_on_a_silent_peer() -> None:
 
 
 def test_fetch_reports_an_http_error() -> None:
-    def broken() -> Snapshot:
-        raise RuntimeError("bug")
-
-    srv = HttpServer("127.0.0.1", 0, broken)
-    srv.start()
-    try:
-        host, port = srv.address
-        with pytest.raises(StatusError, match="HTTP 500"):
-            fetch(f"http://{host}:{port}")
-    finally:
-        srv.stop()
+    with serving(failing_snapshot) as srv, pytest.raises(StatusError, match="HTTP 500"):
+        fetch(base_url(srv))
 
 
 class _Quiet(WSGIRequestHandler):
