@@ -305,7 +305,6 @@ class Agent:
         self._rate_at: float | None = None
         self._rate_recovered = 0
         self._spilling = False
-        self._turned_at = time.monotonic()
         self.latency = LatencyRecorder()
         # (events, arrival time) per ingest burst of critical events still in
         # memory, in queue order: what the latency histogram measures against.
@@ -401,7 +400,7 @@ class Agent:
         while not self._stop_requested:
             self._turn(self._poll_timeout(time.monotonic()))
 
-    def _turn(self, timeout_s: float, *, accept: bool = True) -> bool:
+    def _turn(self, timeout_s: float) -> bool:
         """One turn of the loop. Returns True if any frame was read."""
         if 0.0 < timeout_s < 0.001:
             # A sub-millisecond wait (the upstream is blocked): look, then sleep.
@@ -412,7 +411,7 @@ class Agent:
         else:
             ready = dict(self._poller.poll(int(timeout_s * 1000)))
         got = False
-        if accept and self.pull in ready and not self.paused:
+        if self.pull in ready and not self.paused:
             got = self._ingest()
         if self.upstream.sock in ready:
             self.upstream.handle_subscriptions()
@@ -424,7 +423,6 @@ class Agent:
             with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(512)
         now = time.monotonic()
-        self._turned_at = now
         # Publish before making room: what can leave should not be spilled.
         self._publish(now)
         self._make_room()
@@ -918,10 +916,6 @@ class Agent:
 def run_agent(settings: Settings, config_path: str | None = None) -> int:
     """Run the agent in the foreground; the CLI's `run`."""
     try:
-        a = Agent(settings, config_path)
-    except SpillError as e:
-        raise StartupError(str(e)) from e
-    try:
-        return a.run()
+        return Agent(settings, config_path).run()
     except SpillError as e:
         raise StartupError(str(e)) from e
