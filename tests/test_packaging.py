@@ -275,6 +275,9 @@ def test_postinst_builds_the_venv_offline(amd64: Package) -> None:
     for flag in ("--isolated", "--no-index", "--find-links", "--require-hashes"):
         assert flag in block
     assert 'python$PYVER" -m venv' in text
+    # apt may run with root's umask 077: the venv must still be readable by
+    # the service's user (issue 13), so the script sets its own before it.
+    assert text.index("umask 022") < text.index("-m venv")
 
 
 # -- the systemd unit ---------------------------------------------------------------------
@@ -297,7 +300,12 @@ def test_unit_directives(amd64: Package) -> None:
     assert one["Type"] == "notify"
     assert one["NotifyAccess"] == "main"
     assert one["ExecStart"] == f"/usr/bin/edge-agent run --config {CONFFILE}"
-    assert one["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # A reload checks the file first, so `systemctl reload` fails on a file
+    # the agent would refuse (issue 12) instead of reporting success.
+    assert d["ExecReload"] == [
+        f"/usr/bin/edge-agent check-config --config {CONFFILE}",
+        "/bin/kill -HUP $MAINPID",
+    ]
     assert one["WatchdogSec"] == "10s"
     assert one["Restart"] == "on-failure"
     assert one["RestartPreventExitStatus"] == "2"  # a bad config is not fixed by restarting
