@@ -160,8 +160,14 @@ def build_cycle(
     return FrameCycle(frames, frame_events, prefix)
 
 
-def send_chunk(send: Callable[..., Any], part: list[Frame], ctr: list[int]) -> int:
-    """Send `part`; returns how many frames went out (fewer only on a stall)."""
+def send_chunk(
+    send: Callable[..., Any],
+    part: list[Frame],
+    ctr: list[int],
+    send_lane: Callable[..., Any] | None = None,
+) -> int:
+    """Send `part`; returns how many frames went out (fewer only on a stall).
+    With `send_lane`, frames that carry a critical event go through it."""
     clock = time.monotonic_ns
     fr: Frame | None = None
     try:
@@ -175,7 +181,10 @@ def send_chunk(send: Callable[..., Any], part: list[Frame], ctr: list[int]) -> i
                 ctr[c] += 1
             for off in spatch:
                 PACK_SENT(buf, off, clock())
-            send(buf)
+            if spatch and send_lane is not None:
+                send_lane(buf)
+            else:
+                send(buf)
     except zmq.Again:
         # The frame in hand was not sent: give its ids back so the id ranges
         # reported stay exactly the ids that left this process.
@@ -198,6 +207,9 @@ class Generator:
     index: int = 0
     stall_s: float = 5.0
     sndhwm: int = 1000
+    # The alert lane (issue 9): frames holding a critical event go to a PUSH
+    # socket of their own connected here, as a lane-aware collector sends.
+    lane: Sequence[str] = ()
 
     def run(self, phases: Sequence[Phase], start_at_ns: int | None = None) -> dict[str, Any]:
         if not 0 <= self.index < MAX_GENERATORS:
@@ -217,7 +229,16 @@ class Generator:
                 for ep in self.endpoints:
                     s.connect(ep)
                 socks.append(s)
-            report = self._run(socks, cycle, phases, start_at_ns)
+            lane = None
+            if self.lane:
+                lane = ctx.socket(zmq.PUSH)
+                lane.setsockopt(zmq.SNDHWM, self.sndhwm)
+                lane.setsockopt(zmq.SNDTIMEO, int(self.stall_s * 1000))
+                lane.setsockopt(zmq.LINGER, 30_000)
+                for ep in self.lane:
+                    lane.connect(ep)
+                socks.append(lane)
+            report = self._run(socks, cycle, phases, start_at_ns, lane)
         finally:
             for s in socks:
                 s.close()
@@ -232,6 +253,7 @@ class Generator:
         cycle: FrameCycle,
         phases: Sequence[Phase],
         start_at_ns: int | None,
+        lane: zmq.Socket[Any] | None = None,
     ) -> dict[str, Any]:
         if start_at_ns is not None:
             delay = (start_at_ns - time.monotonic_ns()) / 1e9
@@ -239,6 +261,8 @@ class Generator:
                 time.sleep(delay)
         frames = cycle.frames
         n_cycle = len(frames)
+        bulk = [sk for sk in socks if sk is not lane]
+        send_lane = None if lane is None else lane.send
         n_ev = cycle.frame_events
         ctr = [ID_BASE] * 4
         pos = total = turn = 0
@@ -266,7 +290,7 @@ class Generator:
                         continue
                 end = pos + chunk
                 part = frames[pos:end] if end <= n_cycle else frames[pos:] + frames[: end - n_cycle]
-                sent = send_chunk(socks[turn % len(socks)].send, part, ctr)
+                sent = send_chunk(bulk[turn % len(bulk)].send, part, ctr, send_lane)
                 turn += 1
                 total += sent
                 pos = (pos + sent) % n_cycle
@@ -360,11 +384,14 @@ def generator_argv(
     track: str,
     start_at_ns: int,
     stall_s: float = 5.0,
+    lane: Sequence[str] = (),
 ) -> list[str]:
     """Arguments for one loadgen process (without the interpreter and script)."""
     argv = []
     for ep in endpoints:
         argv += ["--connect", ep]
+    for ep in lane:
+        argv += ["--lane", ep]
     argv += [
         "--schedule",
         schedule_text(phases),
@@ -398,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="PUSH load generator for the edge-agent benches")
     ap.add_argument("--connect", action="append", required=True, help="ingest endpoint")
     ap.add_argument("--connections", type=int, default=1, help="PUSH sockets (round robin)")
+    ap.add_argument(
+        "--lane", action="append", default=[], help="alert-lane endpoint for critical frames"
+    )
     ap.add_argument("--frame-events", type=int, default=1, help="events per frame")
     ap.add_argument("--schedule", default="5:max", help="secs:rate,... (rate in events/s or max)")
     ap.add_argument("--mix", default="critical=1,normal=74,low=25", help="class weights")
@@ -410,7 +440,10 @@ def main(argv: list[str] | None = None) -> int:
         "--stall-s", type=float, default=5.0, help="give up on a send blocked this long"
     )
     args = ap.parse_args(argv)
+    if args.lane and args.frame_events != 1:
+        ap.error("--lane sends critical events as frames of their own: needs --frame-events 1")
     gen = Generator(
+        lane=args.lane,
         endpoints=args.connect,
         connections=args.connections,
         frame_events=args.frame_events,
