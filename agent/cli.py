@@ -88,7 +88,7 @@ def _load(path: str) -> object:
 def _keygen(directory: str, name: str) -> int:
     import zmq.auth
 
-    from agent.curve import CurveError, generate_keypair
+    from agent.keys import CurveError, generate_keypair
 
     try:
         public, secret = generate_keypair(directory, name)

@@ -27,10 +27,8 @@ Decisions an operator should know (the README quotes them):
   with "~" is an error (nothing expands it). `parse_config` / `parse_config_text`
   take `base_dir=`; without it a relative path is an error, so `Settings` paths
   are always absolute and never depend on the process's working directory.
-- Endpoints are `tcp://host:port` or `ipc:///absolute/path` (or `ipc://@name`,
-  the Linux abstract namespace). An ipc path is passed to ZeroMQ as written and
-  must be absolute: a relative socket path would depend on the working
-  directory, which is `/` under systemd.
+- Endpoints are `tcp://host:port` or `ipc:///absolute/path` (or `ipc://@name`);
+  their syntax and when two are the same place is agent/endpoints.py's.
 - `bind` defaults to the contract's endpoint only when neither `bind` nor
   `connect` is given for that socket: a config that says only
   `connect = [...]` does not also listen on 0.0.0.0.
@@ -52,15 +50,21 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
-import ipaddress
 import json
 import os
-import re
 import sys
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from agent.classes import CLASS_NAMES, CLASSES, DEFAULT_RULES, ClassRules, EventClass
+from agent.endpoints import (
+    Endpoint,
+    first_bind_clash,
+    http_endpoint,
+    parse_endpoint,
+    parse_http_bind,
+)
+from agent.queues import CHUNK_BYTES
 from agent.settings import (
     AgentSettings,
     BufferSettings,
@@ -407,117 +411,14 @@ class _Table:
 
 
 # ---------------------------------------------------------------------------
-# Endpoints and host names
-
-
-@dataclasses.dataclass(frozen=True)
-class _Endpoint:
-    """An endpoint reduced to what decides equality and bind clashes."""
-
-    scheme: str  # "tcp" | "ipc"
-    host: str  # canonical: lower-case name, compressed IPv6 without brackets, "*"
-    port: int  # 0 for ipc
-    path: str  # "" for tcp
-    text: str = dataclasses.field(compare=False)  # as written, for messages only
-
-
-_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
-_DOTTED_NUMBERS = re.compile(r"[0-9.]+")
-_PORT = re.compile(r"[0-9]{1,5}")
-# sockaddr_un.sun_path is 108 bytes on Linux including the terminating NUL;
-# libzmq refuses longer paths with ENAMETOOLONG at bind/connect time.
-_IPC_PATH_MAX = 107
-
-
-def _canonical_host(host: str, *, allow_star: bool) -> str:
-    """Canonical form of the host part of `host:port`, or ValueError(problem)."""
-    if host == "*":
-        if not allow_star:
-            raise ValueError("'*' is only meaningful for bind; name the host to connect to")
-        return "*"
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            return str(ipaddress.IPv6Address(host[1:-1]))
-        except ValueError:
-            raise ValueError(f"{host} is not a valid IPv6 address") from None
-    if ":" in host:
-        raise ValueError("an IPv6 address must be in brackets, e.g. [::1]")
-    if _DOTTED_NUMBERS.fullmatch(host):
-        try:
-            return str(ipaddress.IPv4Address(host))
-        except ValueError:
-            raise ValueError(f"{host!r} is not a valid IPv4 address") from None
-    # Host names (at most 253 characters, RFC 1035) and, for ZeroMQ binds,
-    # interface names (eth0, br-lan; "_" is legal there).
-    if len(host) <= 253 and _NAME.fullmatch(host):
-        return host.lower()
-    raise ValueError(
-        f"{host!r} is not an IPv4 address, an [IPv6] address or a host name"
-        + (" or *" if allow_star else "")
-    )
-
-
-def _split_port(text: str, lo: int) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError("must be host:port")
-    if not _PORT.fullmatch(port) or not lo <= int(port) <= 65535:
-        raise ValueError(f"port must be an integer between {lo} and 65535, got {port!r}")
-    return host, int(port)
-
-
-def _parse_endpoint(text: str, *, bind: bool) -> _Endpoint:
-    if text.startswith("tcp://"):
-        host, port = _split_port(text[len("tcp://") :], 1)
-        return _Endpoint("tcp", _canonical_host(host, allow_star=bind), port, "", text)
-    if text.startswith("ipc://"):
-        path = text[len("ipc://") :]
-        if not path:
-            raise ValueError("ipc:// needs a path")
-        if "\0" in path:
-            raise ValueError("an ipc path must not contain a NUL character")
-        if not (path.startswith("/") or (path.startswith("@") and len(path) > 1)):
-            raise ValueError("an ipc path must be absolute (ipc:///run/...) or @abstract")
-        if len(path.encode()) > _IPC_PATH_MAX:
-            raise ValueError(
-                f"an ipc path is at most {_IPC_PATH_MAX} bytes (sun_path), "
-                f"this one is {len(path.encode())}"
-            )
-        return _Endpoint("ipc", "", 0, path, text)
-    raise ValueError("must be tcp://host:port or ipc:///absolute/path")
-
-
-def _binds_clash(a: _Endpoint, b: _Endpoint) -> bool:
-    """Would the kernel refuse the second bind? Only sure cases: no false alarms."""
-    if a.scheme != b.scheme:
-        return False
-    if a.scheme == "ipc":
-        return a.path == b.path
-    if a.port != b.port:
-        return False
-    hosts = {a.host, b.host}
-    if len(hosts) == 1 or "*" in hosts:
-        return True
-    # Linux refuses a specific address under a listening wildcard of its family.
-    for wildcard, family in (
-        ("0.0.0.0", ipaddress.IPv4Address),
-        ("::", ipaddress.IPv6Address),
-    ):
-        if wildcard in hosts:
-            (other,) = hosts - {wildcard}
-            try:
-                family(other)
-            except ValueError:
-                return False
-            return True
-    return False
+# Endpoints (their syntax and clashes: agent/endpoints.py)
 
 
 def _endpoints(table: _Table, name: str, *, bind: bool) -> tuple[str, ...]:
     texts = table.string_list(name)
     for text in texts:
         try:
-            _parse_endpoint(text, bind=bind)
+            parse_endpoint(text, bind=bind)
         except ValueError as e:
             table.fail(name, f"endpoint {_show(text)}: {e}")
     return texts
@@ -530,10 +431,10 @@ def _check_socket_endpoints(table: _Table, bind: tuple[str, ...], connect: tuple
             key,
             f"no endpoint: give at least one in {table.key('bind')} or {table.key('connect')}",
         )
-    seen: dict[_Endpoint, str] = {}
+    seen: dict[Endpoint, str] = {}
     for name, texts in (("bind", bind), ("connect", connect)):
         for text in texts:
-            ep = _parse_endpoint(text, bind=name == "bind")
+            ep = parse_endpoint(text, bind=name == "bind")
             if ep in seen:
                 where = "listed twice" if seen[ep] == name else f"also in {table.key(seen[ep])}"
                 table.fail(name, f"endpoint {_show(text)} is {where}")
@@ -543,28 +444,19 @@ def _check_socket_endpoints(table: _Table, bind: tuple[str, ...], connect: tuple
 def _check_bind_clashes(
     ingest: IngestSettings, upstream: UpstreamSettings, http: HttpSettings
 ) -> None:
-    binds: list[tuple[str, _Endpoint]] = []
+    binds: list[tuple[str, Endpoint]] = []
     for key, texts in (("ingest.bind", ingest.bind), ("upstream.bind", upstream.bind)):
-        binds += [(key, _parse_endpoint(text, bind=True)) for text in texts]
-    if http.port != 0:  # 0: the kernel picks a free port, nothing can clash
-        host = _canonical_host(
-            f"[{http.host}]" if ":" in http.host else http.host, allow_star=False
+        binds += [(key, parse_endpoint(text, bind=True)) for text in texts]
+    binds.append(("http.bind", http_endpoint(http.host, http.port)))
+    clash = first_bind_clash(binds)
+    if clash is not None:
+        ep, earlier = clash.endpoint, clash.earlier
+        what = "the same path" if ep.scheme == "ipc" else f"port {ep.port}"
+        raise ConfigError(
+            clash.key,
+            f"{_show(ep.text)} clashes with {_show(earlier.text)} in {clash.earlier_key} "
+            f"({what}): the second bind would fail",
         )
-        binds.append(("http.bind", _Endpoint("tcp", host, http.port, "", _show_http(http))))
-    for i, (key, ep) in enumerate(binds):
-        for earlier_key, earlier in binds[:i]:
-            if _binds_clash(earlier, ep):
-                what = "the same path" if ep.scheme == "ipc" else f"port {ep.port}"
-                raise ConfigError(
-                    key,
-                    f"{_show(ep.text)} clashes with {_show(earlier.text)} in {earlier_key} "
-                    f"({what}): the second bind would fail",
-                )
-
-
-def _show_http(http: HttpSettings) -> str:
-    host = f"[{http.host}]" if ":" in http.host else http.host
-    return f"{host}:{http.port}"
 
 
 # ---------------------------------------------------------------------------
@@ -692,7 +584,7 @@ def _parse_buffer(t: _Table) -> BufferSettings:
 
 
 # Bytes the non-critical classes need besides the critical reserve and a
-# max-size frame: one ingest burst (256 KiB + a chunk per class, ~1.25 MiB,
+# max-size frame: one ingest burst (64 KiB + a chunk per class, ~1.06 MiB,
 # agent/loop.py) plus a few 256 KiB chunks to fill, publish from and drain
 # spilled data back into. Below this the agent could spill but never drain.
 WORKING_ROOM = 3 * MiB
@@ -709,18 +601,24 @@ def _check_buffer_room(t: _Table, buffer: BufferSettings, ingest: IngestSettings
 
 
 # The smallest class ring gets 1/8 of spill.max_bytes (agent/spill/store.py)
-# and must hold at least two in-memory chunks (256 KiB, or one max-size frame),
-# or that class could never spill at all.
+# and must hold at least two in-memory chunks (CHUNK_BYTES, 256 KiB, or one
+# max-size frame), or that class could never spill at all. The 64 KiB beyond
+# them is the 8 KiB header (DATA_OFFSET, agent/spill/format.py) of each eighth.
 SPILL_MIN_CHUNKS = 16
+SPILL_HEADERS_BYTES = 64 * KiB
+# The least spill.max_bytes any config can have (frames up to one chunk):
+# 4,259,840 bytes. Larger frames need more (_check_spill_room).
+SPILL_MIN_BYTES = SPILL_MIN_CHUNKS * CHUNK_BYTES + SPILL_HEADERS_BYTES
 
 
 def _check_spill_room(t: _Table, spill: SpillSettings, ingest: IngestSettings) -> None:
-    need = SPILL_MIN_CHUNKS * max(256 * 1024, ingest.max_frame_bytes) + 65536
+    need = SPILL_MIN_CHUNKS * max(CHUNK_BYTES, ingest.max_frame_bytes) + SPILL_HEADERS_BYTES
     if spill.max_bytes < need:
         t.fail(
             "max_bytes",
-            f"must be at least {SPILL_MIN_CHUNKS} x max(262144, ingest.max_frame_bytes) + 65536 "
-            f"= {need} (the smallest class ring must hold two chunks), got {spill.max_bytes}",
+            f"must be at least {SPILL_MIN_CHUNKS} x max({CHUNK_BYTES}, ingest.max_frame_bytes)"
+            f" + {SPILL_HEADERS_BYTES} = {need} (the smallest class ring must hold two chunks),"
+            f" got {spill.max_bytes}",
         )
 
 
@@ -728,10 +626,11 @@ def _parse_spill(t: _Table, base: str | None) -> SpillSettings:
     d = SpillSettings()
     return SpillSettings(
         dir=t.path("dir", base) if t.has("dir") else d.dir,
-        # Bytes, all rings together. Below 1 MiB the per-class rings hold almost
-        # nothing. No upper bound: the disk is the bound, and posix_fallocate
-        # reports ENOSPC cleanly at start-up.
-        max_bytes=t.integer("max_bytes", d.max_bytes, 1 * MiB, None),
+        # Bytes, all rings together. At least SPILL_MIN_BYTES (two chunks in
+        # the smallest ring; larger frames need more: _check_spill_room). No
+        # upper bound: the disk is the bound, and posix_fallocate reports
+        # ENOSPC cleanly at start-up.
+        max_bytes=t.integer("max_bytes", d.max_bytes, SPILL_MIN_BYTES, None),
         # Milliseconds between msyncs: what a power loss can cost at most.
         # Under 10 ms the flushes (0.1-10 ms each, FACTS.md) eat the loop;
         # over a minute is more loss than an operator would accept.
@@ -745,14 +644,10 @@ def _parse_http(t: _Table) -> HttpSettings:
         return d
     text = t.string("bind", "")
     try:
-        host, port = _split_port(text, 0)
-        if host == "*":  # a ZeroMQ habit; the HTTP server wants an address
-            raise ValueError("'*' is not a host here: use 0.0.0.0 (every IPv4 interface)")
-        _canonical_host(host, allow_star=False)
+        host, port = parse_http_bind(text)
     except ValueError as e:
         t.fail("bind", f"{_show(text)}: {e}")
-    # The socket API wants the IPv6 address without brackets.
-    return HttpSettings(host=host[1:-1] if host.startswith("[") else host, port=port)
+    return HttpSettings(host=host, port=port)
 
 
 def _parse_classes(t: _Table) -> ClassRules:

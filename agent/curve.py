@@ -1,9 +1,10 @@
 """CURVE on the agent's two sockets, and the ZAP handler that decides who may connect.
 
-This module owns everything about who may talk to the agent over ZeroMQ: the
-key files (reading, checking, generating), the CURVE options on the ingest PULL
-and the upstream XPUB, the ZAP handler that admits or refuses each handshake,
-and the count of refusals. It promises:
+This module owns who may talk to the agent over ZeroMQ: the CURVE options on
+the ingest PULL and the upstream XPUB, the ZAP handler that admits or refuses
+each handshake (`zap_reply`, a pure function over the RFC 27 wire format, and
+`CurveGuard`, its socket shell), and the count of refusals. The key files are
+agent/keys.py's. It promises:
 
 - A socket secured here admits only peers whose public key is in that socket's
   `allowed_keys_dir`. FACTS.md: a CURVE server with no ZAP handler admits any
@@ -50,21 +51,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import logging
-import os
-import shutil
-import stat
-import struct
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import zmq
-import zmq.auth
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
+from agent.keys import CurveError, load_allowed_keys, load_secret_key
 from agent.settings import CurveSettings
 
 log = logging.getLogger("agent.curve")
@@ -105,14 +100,6 @@ _PROTOCOL_ERRORS = {
     zmq.PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE: "CURVE key exchange failed",
 }
 
-_Z85_KEY_LEN = 40  # a 32-byte Curve25519 key, Z85-encoded (RFC 32)
-
-
-class CurveError(Exception):
-    """A key file or key directory is missing, unreadable or malformed, or a key
-    pair cannot be written. The message names the config key (when there is
-    one) and the path."""
-
 
 @dataclasses.dataclass(frozen=True)
 class SocketCurveStats:
@@ -130,156 +117,59 @@ class CurveStats:
     upstream: SocketCurveStats = SocketCurveStats()
 
 
-# -- key files -------------------------------------------------------------------
+# -- the ZAP exchange (RFC 27): pure ------------------------------------------------
+
+# A request, after the ROUTER's envelope (routing id, empty delimiter):
+#   version, request_id, domain, address, identity, mechanism, credentials...
+# A reply, after the same envelope:
+#   version, request_id, status_code, status_text, user_id, metadata
+# The status code decides (200 admit; 300 try later; 400 refuse, and libzmq's
+# client does not reconnect after it; 500 handler error); the text is for logs.
+# CurveGuard tells its refusals apart by these texts.
+STATUS_OK = b"OK"
+STATUS_BAD_REQUEST = b"bad ZAP request"
+STATUS_UNKNOWN_DOMAIN = b"unknown domain"
+STATUS_CURVE_ONLY = b"CURVE only"
+STATUS_KEY_NOT_ALLOWED = b"key not allowed"
 
 
-def _where(key_name: str, path: str) -> str:
-    return f"{key_name}: {path}" if key_name else path
+def zap_reply(
+    frames: Sequence[bytes], allowed_keys: Mapping[bytes, frozenset[bytes]]
+) -> list[bytes] | None:
+    """The ZAP reply, with its ROUTER envelope, to one request as received on a
+    ROUTER socket; None when there is nothing to answer (no envelope: not from
+    libzmq).
 
-
-def _z85_key(text: bytes | None, path: str, what: str, key_name: str) -> bytes:
-    """Check that `text` is a Z85-encoded 32-byte key; return it unchanged."""
-    where = _where(key_name, path)
-    if text is None:
-        raise CurveError(f"{where}: no {what} in the file")
-    ok = len(text) == _Z85_KEY_LEN and all(c in z85.Z85CHARS for c in text)
-    if ok:
-        try:
-            z85.decode(text)
-        except (ValueError, struct.error):  # a 5-character group over 2**32
-            ok = False
-    if not ok:
-        raise CurveError(f"{where}: {what} is not a 40-character Z85 key")
-    return text
-
-
-def load_secret_key(path: str, key_name: str = "") -> tuple[bytes, bytes]:
-    """(public, secret) Z85 keys from a ZPL secret certificate (`*.key_secret`).
-
-    Checks that the secret key is there (a public `.key` file given by mistake
-    is the likeliest slip) and that the public key in the file belongs to it,
-    so a corrupted file fails here, at start, and not in every peer's handshake.
+    `allowed_keys` maps a ZAP domain (the secured socket's ZAP_DOMAIN) to the
+    binary (32-byte) public keys it admits. A CURVE request from an allowed key
+    gets 200 with the key (Z85) as user id, which libzmq attaches to the peer's
+    messages as "User-Id" metadata. Everything else gets 400: a malformed
+    request, a domain not in `allowed_keys` (nothing in the agent sets another
+    one, so nothing here decides for it), another mechanism or malformed
+    credentials (unreachable through libzmq: a CURVE server refuses any other
+    mechanism in its greeting), a key not allowed.
     """
-    where = _where(key_name, path)
     try:
-        public, secret = zmq.auth.load_certificate(path)
-    except ValueError as e:  # no public-key line
-        raise CurveError(f"{where}: not a ZeroMQ certificate ({e})") from e
-    except OSError as e:
-        raise CurveError(f"{where}: cannot read: {e.strerror or e}") from e
-    if secret is None:
-        raise CurveError(
-            f"{where}: no secret-key in the file (a public .key file? "
-            "give the .key_secret file that `edge-agent keygen` wrote)"
-        )
-    public = _z85_key(public, path, "public-key", key_name)
-    secret = _z85_key(secret, path, "secret-key", key_name)
-    if zmq.curve_public(secret) != public:
-        raise CurveError(f"{where}: public-key does not belong to secret-key (corrupted file?)")
-    with contextlib.suppress(OSError):
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-        if mode & 0o077:
-            log.warning(
-                "%s: secret key file is readable by group or others (mode %04o): chmod 600 it",
-                where,
-                mode,
-            )
-    return public, secret
+        split = frames.index(b"")
+    except ValueError:
+        return None
+    envelope, body = list(frames[: split + 1]), frames[split + 1 :]
 
+    def reply(code: bytes, text: bytes, user_id: bytes = b"") -> list[bytes]:
+        request_id = body[1] if len(body) > 1 else b""
+        return [*envelope, ZAP_VERSION, request_id, code, text, user_id, b""]
 
-def load_allowed_keys(directory: str, key_name: str = "") -> frozenset[bytes]:
-    """The binary (32-byte) public keys of every `*.key` certificate in
-    `directory`. This is the format `zmq.auth` reads and writes, and what a ZAP
-    request carries. A file that does not hold a valid key is an error that
-    names it: a key that silently fails to load locks a collector out."""
-    where = _where(key_name, directory)
-    if not os.path.isdir(directory):
-        problem = "not a directory" if os.path.exists(directory) else "no such directory"
-        raise CurveError(f"{where}: {problem}")
-    keys = set()
-    for path in sorted(glob.glob(os.path.join(glob.escape(directory), "*.key"))):
-        try:
-            public, secret = zmq.auth.load_certificate(path)
-        except ValueError as e:
-            raise CurveError(f"{_where(key_name, path)}: not a ZeroMQ certificate ({e})") from e
-        except OSError as e:
-            raise CurveError(f"{_where(key_name, path)}: cannot read: {e.strerror or e}") from e
-        keys.add(z85.decode(_z85_key(public, path, "public-key", key_name)))
-        if secret is not None:
-            log.warning(
-                "%s holds a secret key: only public keys belong here", _where(key_name, path)
-            )
-    for path in glob.glob(os.path.join(glob.escape(directory), "*.key_secret")):
-        log.warning(
-            "%s is a secret key: only public .key files belong here", _where(key_name, path)
-        )
-    return frozenset(keys)
-
-
-def generate_keypair(directory: str, name: str) -> tuple[str, str]:
-    """Write `name.key` (public) and `name.key_secret` (secret, mode 0600) into
-    `directory` (created with mode 0700 when missing); return their paths.
-
-    The files are zmq.auth's ZPL certificates, which any ZeroMQ binding reads.
-    An existing file is never overwritten: replacing a key would silently lock
-    out every peer that trusts the old one. The secret key is never readable by
-    anyone else, not even for a moment. pyzmq's create_certificates writes with
-    the process umask, so it writes into a private (0700) temporary directory,
-    and the files are copied into place with O_EXCL and their final mode.
-    """
-    if not name or name in (".", "..") or os.sep in name or name.startswith("."):
-        raise CurveError(f"key name {name!r}: give a plain file name (no '/', no leading '.')")
-    public_path = os.path.join(directory, f"{name}.key")
-    secret_path = os.path.join(directory, f"{name}.key_secret")
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise CurveError(f"{directory}: cannot create the key directory: {e.strerror}") from e
-    for path in (public_path, secret_path):
-        if os.path.lexists(path):
-            raise CurveError(f"{path} already exists: not overwriting a key")
-    written: list[str] = []
-    try:
-        tmp = tempfile.mkdtemp(prefix=".keygen-", dir=directory)
-        try:
-            tmp_public, tmp_secret = zmq.auth.create_certificates(tmp, name)
-            for src, dst, mode in (
-                (tmp_secret, secret_path, 0o600),
-                (tmp_public, public_path, 0o644),
-            ):
-                with open(src, "rb") as f:
-                    data = f.read()
-                _write_new(dst, data, mode)
-                written.append(dst)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except FileExistsError as e:  # created by someone else since the check above
-        _unlink_all(written)
-        raise CurveError(f"{e.filename} already exists: not overwriting a key") from e
-    except OSError as e:
-        _unlink_all(written)
-        raise CurveError(f"{directory}: cannot write the key pair: {e.strerror or e}") from e
-    return public_path, secret_path
-
-
-def _write_new(path: str, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(fd, mode)  # exactly this mode, whatever the umask
-        f.write(data)
-        f.flush()
-        os.fsync(fd)
-
-
-def _unlink_all(paths: list[str]) -> None:
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    if len(body) < 6 or body[0] != ZAP_VERSION:
+        return reply(b"400", STATUS_BAD_REQUEST)
+    domain, mechanism, credentials = body[2], body[5], body[6:]
+    allowed = allowed_keys.get(domain)
+    if allowed is None:
+        return reply(b"400", STATUS_UNKNOWN_DOMAIN)
+    if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
+        return reply(b"400", STATUS_CURVE_ONLY)
+    if credentials[0] not in allowed:
+        return reply(b"400", STATUS_KEY_NOT_ALLOWED)
+    return reply(b"200", STATUS_OK, z85.encode(credentials[0]))
 
 
 # -- the guard ---------------------------------------------------------------------
@@ -377,10 +267,6 @@ class CurveGuard:
 
     # -- wiring ----------------------------------------------------------------
 
-    def enabled(self, which: str) -> bool:
-        _check_which(which)
-        return which in self._secured
-
     def secure(self, sock: zmq.Socket, which: str, *, monitor: bool = True) -> None:
         """Make `sock` a CURVE server that admits only `which`'s allowed keys.
         No-op when CURVE is off for `which`. Call before bind/connect.
@@ -429,16 +315,18 @@ class CurveGuard:
         zap = self._zap
         if zap is None:
             return
+        allowed = {domain: s.allowed for domain, s in self._by_domain.items()}
         for _ in range(ZAP_MAX_PER_CALL):
             try:
                 frames = zap.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            reply = self._answer(frames)
+            reply = zap_reply(frames, allowed)
             if reply is not None:
                 # A ROUTER drops what it cannot route (the peer went away) and
                 # never raises Again without ROUTER_MANDATORY.
                 zap.send_multipart(reply, zmq.NOBLOCK)
+                self._count_refusal(frames, reply)
         for s in self._secured.values():
             for _, mon in s.monitors:
                 for _ in range(MONITOR_MAX_PER_CALL):
@@ -472,45 +360,28 @@ class CurveGuard:
             )
         return True
 
-    def _answer(self, frames: list[bytes]) -> list[bytes] | None:
-        """The ZAP reply (RFC 27) to one request, with its ROUTER envelope."""
-        try:
-            split = frames.index(b"")
-        except ValueError:
-            return None  # no envelope: not from libzmq, nothing to answer
-        envelope, body = frames[: split + 1], frames[split + 1 :]
-        if len(body) < 6 or body[0] != ZAP_VERSION:
-            request_id = body[1] if len(body) > 1 else b""
-            return [*envelope, ZAP_VERSION, request_id, b"400", b"bad ZAP request", b"", b""]
-        _, request_id, domain, address, _identity, mechanism = body[:6]
-        credentials = body[6:]
-        s = self._by_domain.get(domain)
-        if s is None:
-            # Not one of our sockets: nothing in the agent sets another ZAP
-            # domain. Refuse what this guard was not asked to decide.
-            return [*envelope, ZAP_VERSION, request_id, b"400", b"unknown domain", b"", b""]
-        if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
-            # Unreachable through libzmq: a CURVE server refuses any other
-            # mechanism in the greeting. Refuse and count it anyway.
+    def _count_refusal(self, frames: list[bytes], reply: list[bytes]) -> None:
+        """Count (and log, sparsely) a refusal `zap_reply` gave to `frames`."""
+        status_text = reply[-3]
+        if status_text not in (STATUS_KEY_NOT_ALLOWED, STATUS_CURVE_ONLY):
+            return  # admitted, or not about one of our sockets
+        # Both texts answer a well-formed request for one of our domains.
+        body = frames[frames.index(b"") + 1 :]
+        domain, address, credentials = body[2], body[3], body[6:]
+        s = self._by_domain[domain]
+        if status_text == STATUS_CURVE_ONLY:
             s.bad_handshakes += 1
-            return [*envelope, ZAP_VERSION, request_id, b"400", b"CURVE only", b"", b""]
-        key = credentials[0]
-        if key in s.allowed:
-            user_id = z85.encode(key)  # ZMQ_USER_ID / "User-Id" metadata of the peer's messages
-            return [*envelope, ZAP_VERSION, request_id, b"200", b"OK", user_id, b""]
+            return
         s.unknown_keys += 1
         if _log_due(s.unknown_keys):
             log.warning(
                 "%s: refused CURVE client key %s from %s: not in %s (%d refused so far)",
                 s.which,
-                z85.encode(key).decode("ascii"),
+                z85.encode(credentials[0]).decode("ascii"),
                 address.decode("utf-8", "replace") or "?",
                 s.settings.allowed_keys_dir,
                 s.unknown_keys,
             )
-        # 400 (permanent): libzmq's client does not reconnect after it. A
-        # collector whose key is added later must reconnect (be restarted).
-        return [*envelope, ZAP_VERSION, request_id, b"400", b"key not allowed", b"", b""]
 
     # -- SIGHUP ------------------------------------------------------------------
 
@@ -569,7 +440,5 @@ __all__ = [
     "CurveStats",
     "REFUSAL_EVENTS",
     "SocketCurveStats",
-    "generate_keypair",
-    "load_allowed_keys",
-    "load_secret_key",
+    "zap_reply",
 ]

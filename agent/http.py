@@ -13,9 +13,9 @@ thread's life cycle. It promises:
 - `HttpServer.start()` binds before it returns, so a bad `[http] bind` fails
   start-up with an OSError naming host:port instead of dying later in a thread.
 
-Routes: the backpressure JSON and `/healthz` (here), `GET /metrics` (Prometheus
-text, agent/metrics.py) and `GET /` (the technician's status page,
-agent/page.py). A route returns a dict (sent as JSON), a `(status, dict)`
+Routes (their paths: agent/routes.py): the backpressure JSON and `/healthz`
+(here), `GET /metrics` (Prometheus text, agent/metrics.py) and `GET /` (the
+technician's status page, agent/page.py). A route returns a dict (sent as JSON), a `(status, dict)`
 pair, or a ready `str`/`bytes` body with its own content type.
 """
 
@@ -37,14 +37,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import bottle
 
 from agent import metrics, page
+from agent.routes import BACKPRESSURE_PATH, HEALTHZ_PATH, METRICS_PATH, STATUS_PAGE_PATH
 from agent.stats import Snapshot
 
 log = logging.getLogger("agent.http")
-
-BACKPRESSURE_PATH = "/api/v1/gateway/backpressure"
-HEALTHZ_PATH = "/healthz"
-METRICS_PATH = "/metrics"
-STATUS_PAGE_PATH = "/"
 
 # A client that connects and then sends nothing holds the only serving thread
 # (wsgiref answers one request at a time). 5 s is far above any real request on
@@ -341,3 +337,13 @@ class HttpServer:
 
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+__all__ = [
+    "BACKPRESSURE_PATH",
+    "HEALTHZ_PATH",
+    "METRICS_PATH",
+    "STATUS_PAGE_PATH",
+    "HttpServer",
+    "make_app",
+]

@@ -212,7 +212,9 @@ def _ingest(snap: Snapshot) -> Iterator[Metric]:
     yield _counter("ingest_events", "Valid events decoded from ingest frames.", i.events)
     yield _counter(
         "ingest_disconnects",
-        "Ingest peers disconnected by ZeroMQ (an oversize frame).",
+        "Ingest connections that ended, for any reason: a collector closed or went "
+        "away, ZeroMQ dropped it for a frame over ingest.max_frame_bytes, or a "
+        "refused CURVE handshake ended.",
         i.disconnects,
     )
     yield _gauge(

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TextIO
 
 from agent.classes import CLASS_NAMES
+from agent.routes import BACKPRESSURE_PATH
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-BACKPRESSURE_PATH = "/api/v1/gateway/backpressure"
 
 # The document is a few KiB; anything far larger is not our endpoint (a wrong
 # --url pointing at a file server) and is refused before it is read whole.

@@ -1,8 +1,11 @@
-"""agent/curve.py with real ZeroMQ over ipc://: who gets through a secured PULL
-and XPUB, who does not, and what is counted. Each test drives the guard with a
-small poll loop of its own, as the agent's loop does; nothing runs in a thread.
+"""agent/curve.py: `zap_reply` over the ZAP wire format (RFC 27) without any
+socket, then the guard with real ZeroMQ over ipc://: who gets through a secured
+PULL and XPUB, who does not, and what is counted. Each socket test drives the
+guard with a small poll loop of its own, as the agent's loop does; nothing runs
+in a thread.
 
-Keys live in tmp_path and sockets in a short private directory (ipc paths are
+Keys live in tmp_path (tests/curvekeys.py; the key files themselves:
+tests/test_keys.py) and sockets in a short private directory (ipc paths are
 limited to 107 bytes). Waits are for a condition with a deadline; the only
 fixed waits are the ones whose assertion is "nothing arrives within 1 s".
 """
@@ -11,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,18 +21,28 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
+from hypothesis import given
+from hypothesis import strategies as st
+from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 from agent.curve import (
     REFUSAL_EVENTS,
+    STATUS_BAD_REQUEST,
+    STATUS_CURVE_ONLY,
+    STATUS_KEY_NOT_ALLOWED,
+    STATUS_OK,
+    STATUS_UNKNOWN_DOMAIN,
     ZAP_ENDPOINT,
     CurveError,
     CurveGuard,
     CurveStats,
     SocketCurveStats,
-    generate_keypair,
+    zap_reply,
 )
 from agent.settings import CurveSettings
+
+from curvekeys import KeyPairs
 
 OFF = CurveSettings()
 QUIET_S = 1.0  # "nothing arrives within 1 s": the assertion, not a settling wait
@@ -40,40 +51,9 @@ QUIET_S = 1.0  # "nothing arrives within 1 s": the assertion, not a settling wai
 # -- keys ----------------------------------------------------------------------
 
 
-class Keys:
-    """Key pairs in tmp_path/keys, and allowed dirs holding chosen public keys."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.dir = root / "keys"
-        self.pairs: dict[str, tuple[str, str]] = {}
-
-    def pair(self, name: str) -> tuple[str, str]:
-        if name not in self.pairs:
-            self.pairs[name] = generate_keypair(str(self.dir), name)
-        return self.pairs[name]
-
-    def public(self, name: str) -> bytes:
-        return zmq.auth.load_certificate(self.pair(name)[0])[0]
-
-    def secret_file(self, name: str) -> str:
-        return self.pair(name)[1]
-
-    def allowed(self, dirname: str, *names: str) -> str:
-        d = self.root / dirname
-        d.mkdir(exist_ok=True)
-        for name in names:
-            shutil.copy(self.pair(name)[0], d)
-        return str(d)
-
-    def server(self, dirname: str, *allowed: str) -> CurveSettings:
-        """The agent's CurveSettings: key pair "agent", these peers allowed."""
-        return CurveSettings(self.secret_file("agent"), self.allowed(dirname, *allowed))
-
-
 @pytest.fixture
-def keys(tmp_path: Path) -> Keys:
-    return Keys(tmp_path)
+def keys(tmp_path: Path) -> KeyPairs:
+    return KeyPairs(tmp_path)
 
 
 @pytest.fixture
@@ -88,7 +68,7 @@ def client(
     ctx: zmq.Context,
     kind: int,
     endpoint: str,
-    keys: Keys | None = None,
+    keys: KeyPairs | None = None,
     name: str | None = None,
     server_key: bytes | None = None,
 ) -> zmq.Socket:
@@ -97,10 +77,7 @@ def client(
     sock.setsockopt(zmq.LINGER, 0)
     if name is not None:
         assert keys is not None
-        public, secret = zmq.auth.load_certificate(keys.secret_file(name))
-        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key or keys.public("agent"))
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        keys.make_client(sock, name, server_key)
     if kind == zmq.SUB:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
     sock.connect(endpoint)
@@ -169,11 +146,153 @@ def nothing_within(server: Server, socks: list[zmq.Socket], seconds: float = QUI
         assert not s.poll(0), "a refused peer received a message"
 
 
+# -- zap_reply: the ZAP wire format, no sockets ----------------------------------------
+
+ALICE = bytes(range(32))  # binary Curve25519 public keys, as a ZAP request carries them
+BOB = bytes(range(1, 33))
+ALLOWED = {b"ingest": frozenset({ALICE}), b"upstream": frozenset({BOB})}
+ENVELOPE = [b"\x00\x80\x00\x00\x29", b""]  # a ROUTER routing id, then the delimiter
+
+
+def request(
+    domain: bytes = b"ingest",
+    mechanism: bytes = b"CURVE",
+    *credentials: bytes,
+    request_id: bytes = b"42",
+) -> list[bytes]:
+    """A ZAP request as the handler's ROUTER receives it from libzmq."""
+    body = [b"1.0", request_id, domain, b"192.0.2.7", b"", mechanism, *credentials]
+    return [*ENVELOPE, *body]
+
+
+def test_an_allowed_key_is_admitted_with_its_z85_as_user_id() -> None:
+    assert zap_reply(request(b"ingest", b"CURVE", ALICE), ALLOWED) == [
+        *ENVELOPE,
+        b"1.0",
+        b"42",
+        b"200",
+        STATUS_OK,
+        z85.encode(ALICE),
+        b"",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("frames", "status_text"),
+    [
+        (request(b"ingest", b"CURVE", BOB), STATUS_KEY_NOT_ALLOWED),  # upstream's key only
+        (request(b"upstream", b"CURVE", ALICE), STATUS_KEY_NOT_ALLOWED),
+        (request(b"lane", b"CURVE", ALICE), STATUS_UNKNOWN_DOMAIN),
+        (request(b"", b"NULL"), STATUS_UNKNOWN_DOMAIN),  # a plaintext socket's request
+        (request(b"ingest", b"NULL"), STATUS_CURVE_ONLY),
+        (request(b"ingest", b"PLAIN", b"alice", b"secret"), STATUS_CURVE_ONLY),
+        (request(b"ingest", b"CURVE", ALICE[:31]), STATUS_CURVE_ONLY),
+        (request(b"ingest", b"CURVE", ALICE, ALICE), STATUS_CURVE_ONLY),
+        ([*ENVELOPE, b"2.0", b"42", b"ingest", b"", b"", b"CURVE", ALICE], STATUS_BAD_REQUEST),
+        ([*ENVELOPE, b"1.0", b"42", b"ingest", b"", b""], STATUS_BAD_REQUEST),  # 5 frames
+    ],
+)
+def test_everything_else_is_refused_for_good(frames: list[bytes], status_text: bytes) -> None:
+    # 400 (permanent): libzmq's client does not reconnect after it.
+    assert zap_reply(frames, ALLOWED) == [
+        *ENVELOPE,
+        b"1.0",
+        b"42",
+        b"400",
+        status_text,
+        b"",
+        b"",
+    ]
+
+
+def test_a_request_too_short_for_an_id_is_answered_with_an_empty_one() -> None:
+    assert zap_reply([*ENVELOPE, b"1.0"], ALLOWED) == [
+        *ENVELOPE,
+        *(b"1.0", b"", b"400", STATUS_BAD_REQUEST, b"", b""),
+    ]
+    assert zap_reply([*ENVELOPE], ALLOWED) == [
+        *ENVELOPE,
+        *(b"1.0", b"", b"400", STATUS_BAD_REQUEST, b"", b""),
+    ]
+
+
+def test_no_envelope_no_answer() -> None:
+    # The first empty frame ends the envelope; a request without one was not
+    # routed by a ROUTER from libzmq.
+    body = [b"1.0", b"42", b"ingest", b"192.0.2.7", b"id", b"CURVE", ALICE]
+    assert zap_reply(body, ALLOWED) is None
+    assert zap_reply([], ALLOWED) is None
+
+
+def test_the_whole_envelope_is_echoed_and_the_answer_follows_the_allowed_sets() -> None:
+    frames = [b"hop-1", b"hop-2", *request(b"upstream", b"CURVE", BOB)[1:]]
+    reply = zap_reply(frames, ALLOWED)
+    assert reply is not None and reply[:3] == [b"hop-1", b"hop-2", b""] and reply[5] == b"200"
+    assert zap_reply(frames, {b"upstream": frozenset()}) == [
+        *(b"hop-1", b"hop-2", b""),
+        *(b"1.0", b"42", b"400", STATUS_KEY_NOT_ALLOWED, b"", b""),
+    ]
+
+
+frames_strategy = st.lists(
+    st.one_of(
+        st.sampled_from([b"", b"1.0", b"ingest", b"upstream", b"CURVE", ALICE, BOB]),
+        st.binary(max_size=40),
+    ),
+    max_size=10,
+)
+
+
+@given(frames_strategy)
+def test_any_frames_get_a_well_formed_answer_or_none(frames: list[bytes]) -> None:
+    reply = zap_reply(frames, ALLOWED)
+    if b"" not in frames:
+        assert reply is None
+        return
+    assert reply is not None
+    split = frames.index(b"")
+    assert reply[: split + 1] == frames[: split + 1]
+    version, request_id, code, text, user_id, metadata = reply[split + 1 :]
+    assert version == b"1.0" and metadata == b""
+    body = frames[split + 1 :]
+    assert request_id == (body[1] if len(body) > 1 else b"")
+    # Admitted only for a well-formed CURVE request with a key of that domain.
+    admitted = (
+        len(body) == 7
+        and body[0] == b"1.0"
+        and body[5] == b"CURVE"
+        and body[6] in ALLOWED.get(body[2], frozenset())
+    )
+    assert (code, text) == ((b"200", STATUS_OK) if admitted else (b"400", text))
+    assert user_id == (z85.encode(body[6]) if admitted else b"")
+
+
+def test_the_guard_counts_a_non_curve_request_as_a_bad_handshake(
+    keys: KeyPairs, server_ctx: zmq.Context
+) -> None:
+    """libzmq never asks about another mechanism on a CURVE socket; a request
+    that does anyway (sent by hand here) is refused and counted."""
+    guard = CurveGuard(server_ctx, keys.server("allowed", "alice"), OFF)
+    asker = server_ctx.socket(zmq.DEALER)
+    asker.setsockopt(zmq.LINGER, 0)
+    asker.connect(ZAP_ENDPOINT)
+    asker.send_multipart([b"", *request(b"ingest", b"PLAIN", b"alice", b"pw")[2:]])
+    deadline = time.monotonic() + 10
+    while not asker.poll(10):
+        assert time.monotonic() < deadline, "no ZAP answer"
+        guard.handle()
+    assert asker.recv_multipart() == [b"", b"1.0", b"42", b"400", STATUS_CURVE_ONLY, b"", b""]
+    assert guard.statistics().ingest.bad_handshakes == 1
+    assert guard.statistics().ingest.unknown_keys == 0
+    asker.close(0)
+    guard.close()
+
+
 # -- ingest: PULL ------------------------------------------------------------------
 
 
 def test_ingest_admits_allowed_key_and_refuses_unknown_key_and_plaintext(
-    keys: Keys, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
+    keys: KeyPairs, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
 ) -> None:
     guard = CurveGuard(server_ctx, keys.server("allowed", "alice"), OFF)
     pull = server_ctx.socket(zmq.PULL)
@@ -211,7 +330,7 @@ def test_ingest_admits_allowed_key_and_refuses_unknown_key_and_plaintext(
 
 
 def test_ingest_refuses_a_client_that_uses_the_wrong_server_key(
-    keys: Keys, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
+    keys: KeyPairs, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
 ) -> None:
     # Alice's key is allowed, but she talks to the wrong server key: the CURVE
     # boxes do not open, ZAP is never asked, the handshake fails.
@@ -233,7 +352,7 @@ def test_ingest_refuses_a_client_that_uses_the_wrong_server_key(
 
 
 def test_upstream_publishes_to_allowed_subscriber_only(
-    keys: Keys, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
+    keys: KeyPairs, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
 ) -> None:
     guard = CurveGuard(server_ctx, OFF, keys.server("allowed", "headend"))
     xpub = server_ctx.socket(zmq.XPUB)
@@ -266,7 +385,7 @@ def test_upstream_publishes_to_allowed_subscriber_only(
 
 
 def test_each_socket_admits_only_its_own_allowed_keys(
-    keys: Keys, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
+    keys: KeyPairs, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
 ) -> None:
     """ZAP_DOMAIN per socket: a collector's key does not open the upstream, nor
     the head-end's the ingest."""
@@ -301,7 +420,7 @@ def test_each_socket_admits_only_its_own_allowed_keys(
 
 
 def test_curve_server_without_a_zap_handler_admits_any_key(
-    keys: Keys, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
+    keys: KeyPairs, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
 ) -> None:
     """Pins the libzmq behaviour the guard exists for (FACTS.md): CURVE alone,
     without ZAP, lets in anyone who knows the server's public key."""
@@ -317,7 +436,7 @@ def test_curve_server_without_a_zap_handler_admits_any_key(
 
 
 def test_secured_socket_refuses_everyone_when_the_handler_is_gone(
-    keys: Keys, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
+    keys: KeyPairs, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
 ) -> None:
     """ZAP_ENFORCE_DOMAIN: once the guard is closed (shutdown), a socket still
     open refuses even an allowed key instead of admitting everyone."""
@@ -332,7 +451,7 @@ def test_secured_socket_refuses_everyone_when_the_handler_is_gone(
     assert not pull.poll(int(QUIET_S * 1000))
 
 
-def test_secure_before_bind_only(keys: Keys, server_ctx: zmq.Context, workdir: str) -> None:
+def test_secure_before_bind_only(keys: KeyPairs, server_ctx: zmq.Context, workdir: str) -> None:
     guard = CurveGuard(server_ctx, keys.server("allowed", "alice"), OFF)
     pull = server_ctx.socket(zmq.PULL)
     pull.bind(f"ipc://{workdir}/in")
@@ -346,12 +465,12 @@ def test_secure_before_bind_only(keys: Keys, server_ctx: zmq.Context, workdir: s
 
 
 def test_plaintext_socket_beside_a_secured_one_is_unaffected(
-    keys: Keys, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
+    keys: KeyPairs, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
 ) -> None:
     """Upstream secured, ingest not: the ZAP handler in the same Context is not
     asked about the plaintext PULL (NULL without ZAP_DOMAIN), so it still works."""
     guard = CurveGuard(server_ctx, OFF, keys.server("allowed", "headend"))
-    assert guard.enabled("upstream") and not guard.enabled("ingest")
+    assert guard.monitor_events("upstream") and not guard.monitor_events("ingest")
     pull = server_ctx.socket(zmq.PULL)
     guard.secure(pull, "ingest")  # a no-op
     assert pull.getsockopt(zmq.MECHANISM) == zmq.NULL
@@ -381,7 +500,7 @@ def test_curve_off_binds_nothing_and_costs_nothing(server_ctx: zmq.Context) -> N
 
 
 def test_handle_returns_at_once_when_nothing_is_pending(
-    keys: Keys, server_ctx: zmq.Context
+    keys: KeyPairs, server_ctx: zmq.Context
 ) -> None:
     guard = CurveGuard(server_ctx, keys.server("allowed", "alice"), OFF)
     guard.secure(server_ctx.socket(zmq.PULL), "ingest")
@@ -395,7 +514,7 @@ def test_handle_returns_at_once_when_nothing_is_pending(
 
 
 def test_caller_owned_monitor_forwards_refusals(
-    keys: Keys, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
+    keys: KeyPairs, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
 ) -> None:
     """The agent's loop already monitors the PULL for disconnects; a socket has
     one monitor, so it adds the guard's events to its mask and forwards them."""
@@ -426,7 +545,7 @@ def test_caller_owned_monitor_forwards_refusals(
 
 
 def test_refusals_are_logged_on_powers_of_two(
-    keys: Keys, server_ctx: zmq.Context, caplog: pytest.LogCaptureFixture
+    keys: KeyPairs, server_ctx: zmq.Context, caplog: pytest.LogCaptureFixture
 ) -> None:
     guard = CurveGuard(server_ctx, keys.server("allowed", "alice"), OFF)
     refusal = {
@@ -450,7 +569,7 @@ def test_refusals_are_logged_on_powers_of_two(
 
 
 def test_reload_allowed_admits_added_keys_and_refuses_removed_ones(
-    keys: Keys, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
+    keys: KeyPairs, server_ctx: zmq.Context, zctx: zmq.Context, workdir: str
 ) -> None:
     settings = keys.server("allowed")  # empty: nobody admitted yet
     guard = CurveGuard(server_ctx, settings, OFF)
@@ -484,7 +603,9 @@ def test_reload_allowed_admits_added_keys_and_refuses_removed_ones(
     assert b"revoked" not in srv.got
 
 
-def test_reload_with_a_bad_file_keeps_the_running_keys(keys: Keys, server_ctx: zmq.Context) -> None:
+def test_reload_with_a_bad_file_keeps_the_running_keys(
+    keys: KeyPairs, server_ctx: zmq.Context
+) -> None:
     settings = keys.server("allowed", "alice")
     guard = CurveGuard(server_ctx, settings, OFF)
     assert settings.allowed_keys_dir is not None
@@ -495,126 +616,37 @@ def test_reload_with_a_bad_file_keeps_the_running_keys(keys: Keys, server_ctx: z
     assert guard.statistics().ingest.allowed_keys == 1
 
 
-# -- key files -------------------------------------------------------------------------
+# -- bad key files stop the guard before anything is bound -------------------------
+# (every kind of bad file: tests/test_keys.py)
 
 
-def test_generate_keypair_writes_zpl_files_with_safe_modes(tmp_path: Path) -> None:
-    d = tmp_path / "new" / "keys"  # created, mode 0700
-    public_path, secret_path = generate_keypair(str(d), "gw-01")
-    assert (public_path, secret_path) == (str(d / "gw-01.key"), str(d / "gw-01.key_secret"))
-    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(secret_path).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(public_path).st_mode) == 0o644
-    public, secret = zmq.auth.load_certificate(secret_path)
-    assert secret is not None and zmq.curve_public(secret) == public
-    assert zmq.auth.load_certificate(public_path) == (public, None)
-    assert sorted(os.listdir(d)) == ["gw-01.key", "gw-01.key_secret"]  # no temp left over
-    # Each call makes a new pair.
-    other, _ = generate_keypair(str(d), "gw-02")
-    assert zmq.auth.load_certificate(other)[0] != public
-
-
-@pytest.mark.parametrize("existing", ["gw.key", "gw.key_secret"])
-def test_generate_keypair_never_overwrites(tmp_path: Path, existing: str) -> None:
-    (tmp_path / existing).write_text("precious")
-    with pytest.raises(CurveError, match="already exists"):
-        generate_keypair(str(tmp_path), "gw")
-    assert (tmp_path / existing).read_text() == "precious"
-    assert os.listdir(tmp_path) == [existing]
-
-
-@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "..", "."])
-def test_generate_keypair_wants_a_plain_name(tmp_path: Path, name: str) -> None:
-    with pytest.raises(CurveError, match="plain file name"):
-        generate_keypair(str(tmp_path), name)
-
-
-def _bad_secret_files(keys: Keys, tmp_path: Path) -> dict[str, tuple[str, str]]:
-    """name -> (path, expected message fragment)."""
-    pub, sec = zmq.auth.load_certificate(keys.secret_file("agent"))
-    _, other_sec = zmq.auth.load_certificate(keys.secret_file("other"))
-    assert sec is not None and other_sec is not None
-    cases = {
-        "missing": (str(tmp_path / "nope.key_secret"), "cannot read"),
-        "public file": (keys.pair("agent")[0], "no secret-key"),
-        "not a certificate": (str(tmp_path / "junk"), "not a ZeroMQ certificate"),
-        "short key": (
-            f'curve\n    public-key = "{pub.decode()}"\n    secret-key = "abc"\n',
-            "secret-key is not a 40-character Z85 key",
-        ),
-        "not z85": (
-            f'curve\n    public-key = "{pub.decode()}"\n    secret-key = "{"~" * 40}"\n',
-            "secret-key is not a 40-character Z85 key",
-        ),
-        "mismatch": (
-            f'curve\n    public-key = "{pub.decode()}"\n    secret-key = "{other_sec.decode()}"\n',
-            "does not belong",
-        ),
-        "a directory": (str(tmp_path), "cannot read"),
-    }
-    (tmp_path / "junk").write_text("hello\n")
-    out = {}
-    for name, (what, fragment) in cases.items():
-        if what.startswith("curve\n"):
-            d = tmp_path / name.replace(" ", "-")
-            d.mkdir()
-            p = d / "agent.key_secret"
-            p.write_text(what)
-            what = str(p)
-        out[name] = (what, fragment)
-    return out
-
-
-def test_bad_secret_key_files_name_the_key_and_the_path(
-    keys: Keys, tmp_path: Path, server_ctx: zmq.Context
+def test_a_bad_secret_key_file_names_the_socket_key_and_binds_nothing(
+    keys: KeyPairs, server_ctx: zmq.Context
 ) -> None:
+    public_file = keys.public_file("agent")  # the public file where the secret belongs
     allowed = keys.allowed("allowed", "alice")
-    for name, (path, fragment) in _bad_secret_files(keys, tmp_path).items():
-        with pytest.raises(CurveError) as e:
-            CurveGuard(server_ctx, OFF, CurveSettings(path, allowed))
-        msg = str(e.value)
-        assert msg.startswith(f"upstream.curve.secret_key_file: {path}"), (name, msg)
-        assert fragment in msg, (name, msg)
-    # Nothing was bound by the failed attempts.
+    with pytest.raises(CurveError) as e:
+        CurveGuard(server_ctx, OFF, CurveSettings(public_file, allowed))
+    assert str(e.value).startswith(f"upstream.curve.secret_key_file: {public_file}: no secret-key")
+    # Nothing was bound by the failed attempt.
     probe = server_ctx.socket(zmq.ROUTER)
     probe.bind(ZAP_ENDPOINT)
     probe.close(0)
 
 
-def test_bad_allowed_keys_dirs_name_the_key_and_the_path(keys: Keys, tmp_path: Path) -> None:
-    secret = keys.secret_file("agent")
-    afile = tmp_path / "a-file"
-    afile.write_text("")
-    broken = Path(keys.allowed("broken", "alice"))
-    (broken / "zz.key").write_text('curve\n    secret-key = "x"\n')
-    cases = {
-        str(tmp_path / "missing"): "no such directory",
-        str(afile): "not a directory",
-        str(broken): f"{broken / 'zz.key'}: not a ZeroMQ certificate",
-    }
-    ctx = zmq.Context()
-    try:
-        for path, fragment in cases.items():
-            with pytest.raises(CurveError) as e:
-                CurveGuard(ctx, CurveSettings(secret, path), OFF)
-            msg = str(e.value)
-            assert msg.startswith("ingest.curve.allowed_keys_dir: "), msg
-            assert fragment in msg, msg
-    finally:
-        ctx.destroy(linger=0)
-
-
-def test_warnings_for_risky_key_files(
-    keys: Keys, server_ctx: zmq.Context, caplog: pytest.LogCaptureFixture
+def test_a_bad_allowed_keys_dir_names_the_socket_key(
+    keys: KeyPairs, tmp_path: Path, server_ctx: zmq.Context
 ) -> None:
-    settings = keys.server("allowed")  # empty
-    assert settings.secret_key_file is not None and settings.allowed_keys_dir is not None
-    os.chmod(settings.secret_key_file, 0o644)
-    shutil.copy(keys.secret_file("alice"), settings.allowed_keys_dir)
+    missing = str(tmp_path / "missing")
+    with pytest.raises(CurveError) as e:
+        CurveGuard(server_ctx, CurveSettings(keys.secret_file("agent"), missing), OFF)
+    assert str(e.value) == f"ingest.curve.allowed_keys_dir: {missing}: no such directory"
+
+
+def test_an_empty_allowed_dir_is_warned_about(
+    keys: KeyPairs, server_ctx: zmq.Context, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="agent.curve"):
-        guard = CurveGuard(server_ctx, settings, OFF)
-    text = caplog.text
-    assert "chmod 600" in text
-    assert "alice.key_secret is a secret key" in text
-    assert "no peer will be admitted" in text
-    assert guard.statistics().ingest.allowed_keys == 0
+        guard = CurveGuard(server_ctx, keys.server("allowed"), OFF)
+    assert "ingest: CURVE on, but" in caplog.text and "no peer will be admitted" in caplog.text
+    assert guard.statistics().ingest == SocketCurveStats(enabled=True, allowed_keys=0)

@@ -11,7 +11,6 @@ CURVE clients without any change to the harness.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -23,8 +22,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from agent.curve import generate_keypair
-
+from curvekeys import AGENT, KeyPairs
 from harness import AgentProcess, Subscriber, event, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -32,35 +30,22 @@ pytestmark = pytest.mark.e2e
 QUIET_MS = 1000  # "nothing arrives within 1 s": the assertion, not a settling wait
 
 
-class Identities:
-    """Key pairs in <workdir>/keys; allowed dirs; one client Context per identity."""
+class Identities(KeyPairs):
+    """Key pairs in <workdir>/keys (tests/curvekeys.py), and one client Context
+    per identity."""
 
     def __init__(self, workdir: str) -> None:
-        self.workdir = workdir
-        self.dir = os.path.join(workdir, "keys")
-        self.pairs: dict[str, tuple[str, str]] = {}
+        super().__init__(workdir)
         self.contexts: list[zmq.Context] = []
-        self.agent_public, self.agent_secret_file = self.pair("agent")
-
-    def pair(self, name: str) -> tuple[str, str]:
-        if name not in self.pairs:
-            self.pairs[name] = generate_keypair(self.dir, name)
-        return self.pairs[name]
+        self.agent_public = self.public_file(AGENT)
 
     def z85(self, name: str) -> str:
-        return zmq.auth.load_certificate(self.pair(name)[0])[0].decode("ascii")
-
-    def allowed(self, dirname: str, *names: str) -> str:
-        d = os.path.join(self.workdir, dirname)
-        os.makedirs(d, exist_ok=True)
-        for name in names:
-            shutil.copy(self.pair(name)[0], d)
-        return d
+        return self.public(name).decode("ascii")
 
     def curve(self, dirname: str, *names: str) -> dict[str, object]:
         """A [*.curve] table: the agent's secret key, these peers allowed."""
         return {
-            "secret_key_file": self.agent_secret_file,
+            "secret_key_file": self.secret_file(AGENT),
             "allowed_keys_dir": self.allowed(dirname, *names),
         }
 
@@ -69,10 +54,7 @@ class Identities:
         ctx = zmq.Context()
         self.contexts.append(ctx)
         if name is not None:
-            public, secret = zmq.auth.load_certificate(self.pair(name)[1])
-            ctx.setsockopt(zmq.CURVE_SERVERKEY, zmq.auth.load_certificate(self.agent_public)[0])
-            ctx.setsockopt(zmq.CURVE_PUBLICKEY, public)
-            ctx.setsockopt(zmq.CURVE_SECRETKEY, secret)
+            self.make_client(ctx, name)
         return ctx
 
     def close(self) -> None:

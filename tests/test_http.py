@@ -14,6 +14,8 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
+from agent import http, routes
+from agent import status as status_client
 from agent.classes import CLASS_NAMES
 from agent.http import HttpServer, _LoggerStream, make_app
 from agent.stats import BufferStats, ClassStats, IngestStats, SpillStats
@@ -50,6 +52,16 @@ def get_json(srv: HttpServer, path: str) -> tuple[int, Any]:
 
 
 # ---------------------------------------------------------------- backpressure
+
+
+def test_the_contracts_path_is_defined_once() -> None:
+    # The server and the `edge-agent status` client share agent/routes.py's
+    # constant; the contract spells it (INTERFACE.md).
+    assert routes.BACKPRESSURE_PATH == "/api/v1/gateway/backpressure"
+    assert http.BACKPRESSURE_PATH is routes.BACKPRESSURE_PATH
+    assert status_client.BACKPRESSURE_PATH is routes.BACKPRESSURE_PATH
+    assert "bottle" not in vars(status_client), "the status client must not need the server"
+
 
 CONTRACT: dict[str, dict[str, type | tuple[type, ...]]] = {
     "buffer": {

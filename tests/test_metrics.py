@@ -100,6 +100,17 @@ def test_every_family_has_help_and_type_before_its_samples(snap: Snapshot) -> No
         assert name.endswith("_total") == (kind == "counter"), f"{name} is a {kind}"
 
 
+def test_the_disconnect_help_says_what_is_counted() -> None:
+    # Every ended ingest connection is counted (the loop's monitor sees
+    # EVENT_DISCONNECTED), not only the oversize-frame ones.
+    family = parse(metrics.render(troubled_snapshot(), loop_age_s=0.0))[
+        "edge_agent_ingest_disconnects"
+    ]
+    assert "for any reason" in family.documentation
+    assert "collector closed" in family.documentation
+    assert "ingest.max_frame_bytes" in family.documentation
+
+
 def test_names_are_in_base_units() -> None:
     text = metrics.render(troubled_snapshot(), loop_age_s=0.0).decode("utf-8")
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}

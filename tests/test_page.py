@@ -19,6 +19,7 @@ kept in the docs from the same busy snapshot.
 from __future__ import annotations
 
 import base64
+import configparser
 import contextlib
 import dataclasses
 import fcntl
@@ -40,6 +41,7 @@ import pytest
 from agent import page
 from agent.classes import CLASS_NAMES
 from agent.http import HttpServer
+from agent.routes import BACKPRESSURE_PATH
 from agent.stats import LatencyHistogram, Snapshot
 
 from samples import RATES, base_url, busy_snapshot, failing_snapshot, fetch, serving
@@ -139,11 +141,12 @@ def test_the_page_needs_no_snapshot_to_be_served() -> None:
 
 def test_the_page_references_nothing_outside_itself() -> None:
     html = page.HTML
+    styles, scripts = "".join(page.PAGE.styles), "".join(page.PAGE.scripts)
     assert not re.search(r"""(?:src|href)\s*=\s*(?!["']?data:)""", html, re.I), "external asset"
-    assert "@import" not in html and "url(" not in page.STYLE
-    assert not re.search(r"https?://|//[a-z]", page.SCRIPT + page.STYLE, re.I)
+    assert "@import" not in html and "url(" not in styles
+    assert not re.search(r"https?://|//[a-z]", scripts + styles, re.I)
     # Agent data is only ever written as text, never parsed as markup.
-    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", page.SCRIPT)
+    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", scripts)
 
 
 def test_the_csp_allows_exactly_the_inline_script_and_style() -> None:
@@ -154,10 +157,66 @@ def test_the_csp_allows_exactly_the_inline_script_and_style() -> None:
 
     (script,) = re.findall(r"<script>(.*?)</script>", page.HTML, re.S)
     (style,) = re.findall(r"<style>(.*?)</style>", page.HTML, re.S)
-    assert f"script-src 'sha256-{digest(script)}'" in csp
-    assert f"style-src 'sha256-{digest(style)}'" in csp
+    assert f"script-src 'sha256-{digest(script)}';" in csp
+    assert f"style-src 'sha256-{digest(style)}';" in csp
     # No inline style attributes in the markup: the CSP would block them.
-    assert not re.search(r"\sstyle\s*=", page.BODY)
+    assert not re.search(r"\sstyle\s*=", page.read_static(page.PAGE_FILE))
+
+
+# ---------------------------------------------------------------- the page's files
+
+
+STATIC = Path(page.__file__).parent / page.STATIC_DIR
+
+
+def test_the_served_page_is_the_static_files_inlined() -> None:
+    template = page.read_static(page.PAGE_FILE)
+    assert '<link rel="stylesheet" href="status.css">' in template
+    assert '<script src="status.js"></script>' in template
+    assert page.PAGE.styles == ("\n" + (STATIC / "status.css").read_text(),)
+    assert page.PAGE.scripts == ("\n" + (STATIC / "status.js").read_text(),)
+    inlined = template.replace(
+        '<link rel="stylesheet" href="status.css">', f"<style>{page.PAGE.styles[0]}</style>"
+    ).replace('<script src="status.js"></script>', f"<script>{page.PAGE.scripts[0]}</script>")
+    assert inlined == page.HTML
+    # Every file there is part of the page: nothing stale is shipped.
+    assert sorted(p.name for p in STATIC.iterdir()) == ["status.css", "status.html", "status.js"]
+
+
+def test_the_static_files_are_package_data() -> None:
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    assert cfg["options.package_data"]["agent"].split() == [f"{page.STATIC_DIR}/*"]
+
+
+def test_the_script_asks_for_the_contracts_path() -> None:
+    # Relative to the page, so it also works behind a path-prefixing proxy.
+    (script,) = page.PAGE.scripts
+    assert f'const API = "{BACKPRESSURE_PATH.lstrip("/")}";' in script
+
+
+def test_inlining_hashes_every_script_and_style_and_leaves_other_markup_alone() -> None:
+    files = {"a.js": "one();\n", "b.js": "two();\n", "s.css": "p { color: red; }\n"}
+    template = (
+        '<link rel="stylesheet" href="s.css">\n<script src="a.js"></script>\n'
+        '<script src="b.js"></script>\n<img src="x.png">\n'
+    )
+    built = page.inline_assets(template, files.__getitem__)
+    assert built.html == (
+        "<style>\np { color: red; }\n</style>\n<script>\none();\n</script>\n"
+        '<script>\ntwo();\n</script>\n<img src="x.png">\n'
+    )
+    assert built.scripts == ("\none();\n", "\ntwo();\n")
+    csp = page.content_security_policy(built)
+    assert f"script-src {page.csp_hash(built.scripts[0])} {page.csp_hash(built.scripts[1])};" in csp
+    assert f"style-src {page.csp_hash(built.styles[0])};" in csp
+    # No script at all: nothing may run.
+    assert "script-src 'none';" in page.content_security_policy(page.inline_assets("<p>", str))
+
+
+def test_a_file_that_would_end_its_own_element_is_refused() -> None:
+    with pytest.raises(ValueError, match="evil.js: contains '</script'"):
+        page.inline_assets('<script src="evil.js"></script>', lambda _: "x = '</SCRIPT>';")
 
 
 # ---------------------------------------------------------------- the browser
