@@ -20,6 +20,11 @@ Promises:
 - What is lost is counted by seq (`corrupt_records`): records the header or the
   chain says existed and that did not come back.
 
+The unit of damage is one record: its crc covers all of it. Checksums per block
+of a record (so damage costs only the events it hit) change `walk` and
+`find_valid` here and the record encoding in format.py; the ring only takes
+the `Recovery` it is handed.
+
 # Invariant (kept by the writer, relied on here): every record ever written to
 #   a file has seq < the file's tail_seq; a record's crc covers its seq. So a
 #   stale record (released, or from an earlier lap) never sits where the walk

@@ -133,9 +133,9 @@ class SpillStore:
     but unreleased); then what memory queued behind the ring goes in with
     `push_back`; then `flush()`, and `close()` as the agent exits. A push that
     finds no room evicts the class's oldest batch with `drop_front` (back side,
-    never critical) or counts the batch as lost. A kill -9 between a release and
-    its push_front costs that batch; a kill -9 at any other moment costs only
-    what was still in memory (the ring's promises).
+    never critical) or counts the batch as lost. A kill -9 after those releases
+    and before the push_front of their rest costs those events; at any other
+    moment it costs only what was still in memory (the ring's promises).
     """
 
     def __init__(self, dir: str, rings: list[SpillRing], lock_fd: int) -> None:
