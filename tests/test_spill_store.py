@@ -99,22 +99,35 @@ def test_classes_are_separate_and_survive_close(tmp_path) -> None:
 
 
 def test_sigterm_pattern_keeps_fifo_order(tmp_path) -> None:
-    """[memory head] -> [ring] -> [memory tail] survives a stop/start: the loop
-    unreads what it read, puts its head back in front (newest first) and its tail
-    behind."""
+    """[memory head] -> [ring] -> [memory tail] survives a stop/start, in the order
+    the loop stops (agent/loop.py `_park_in_memory_events`, the SpillStore
+    docstring): release every batch read back, put the undelivered rest of them
+    and memory's head back in front (newest first), memory's tail behind."""
     d = str(tmp_path / "spill")
     store = SpillStore.open(d, 8 * MiB)
     store.push_back(3, *chunk(10, first=100))  # spilled earlier
     store.push_back(3, *chunk(10, first=110))
-    assert store.read_next(3) is not None  # drained into memory, not delivered
-    store.unread_all()
-    assert store.statistics().recovered_events == 0
+    store.push_back(3, *chunk(10, first=120))
+    partly = store.read_next(3)  # drained into memory, 4 of its 10 delivered
+    untouched = store.read_next(3)  # drained into memory, none delivered
+    assert partly is not None and untouched is not None
+    assert store.pending(3) == 10 and store.statistics().recovered_events == 20
+    store.release_read(3)
+    store.release_read(3)
+    assert store.statistics().classes[3].unreleased_events == 0
+    assert store.push_front(3, untouched.blob, untouched.ends)  # newest first
+    rest = events(partly.blob, partly.ends)[4:]
+    blob = b"".join(rest)
+    ends = array("I", [len(e) * (i + 1) for i, e in enumerate(rest)])
+    assert store.push_front(3, blob, ends)
     store.push_front(3, *chunk(10, first=90))  # memory head, newest first
     store.push_front(3, *chunk(10, first=80))
-    store.push_back(3, *chunk(10, first=120))  # memory tail
+    store.push_back(3, *chunk(10, first=130))  # memory tail
+    assert store.pending(3) == 56
     store.close()
     store = SpillStore.open(d, 8 * MiB)
-    assert drain_class(store, 3) == events(*chunk(50, first=80))
+    expected = events(*chunk(20, first=80)) + events(*chunk(36, first=104))
+    assert drain_class(store, 3) == expected
     store.close()
 
 

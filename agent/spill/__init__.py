@@ -1,12 +1,13 @@
 """Spill to disk: one preallocated mmap ring per event class under a locked directory.
 
 `store.SpillStore` is what the loop uses; `ring.SpillRing` is one class's ring
-file (mmap, writes, recovery); `format` is what its bytes mean (header slots,
-records, checksums; pure). See their module headers for the on-disk format and
-the durability promises.
+(its index, writes, reads, msync); `format` is what its bytes mean (header slots,
+records, checksums, placement; pure); `recover` reads a found file back (pure,
+over its bytes); `ringfile` opens, preallocates and maps the file. See their
+module headers for the on-disk format and the durability promises.
 """
 
-from agent.spill.ring import RingRecord, RingStats, SpillError, SpillRing
+from agent.spill.ring import RingStats, SpillError, SpillRing
 from agent.spill.store import (
     ClassSpillStats,
     SpilledBatch,
@@ -17,7 +18,6 @@ from agent.spill.store import (
 
 __all__ = [
     "ClassSpillStats",
-    "RingRecord",
     "RingStats",
     "SpillError",
     "SpillRing",

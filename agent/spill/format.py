@@ -1,12 +1,17 @@
-"""The spill ring's on-disk format: header slots and records, as bytes.
+"""The spill ring's on-disk format: header slots, records and where they go, as bytes.
 
 Everything that decides what the bytes of a ring file mean lives in this module:
 the file layout, the header slot encoding, the record and skip item encoding,
-and the checksums that tell a sound slot or record from a torn, corrupt or
-foreign one. It is pure: bytes and numbers in, values and bytes out. It opens no
-file, maps nothing and reads no clock; `ring.py` (`SpillRing`) is the only code
-that puts these bytes in a file, and decides where they go and how a damaged
-file is walked.
+the checksums that tell a sound slot or record from a torn, corrupt or foreign
+one, and the placement arithmetic (where the next record goes in the circle,
+when it wraps behind a skip item). It is pure: bytes and numbers in, values and
+bytes out. It opens no file, maps nothing and reads no clock; `ring.py`
+(`SpillRing`) is the only code that puts these bytes in a file, `recover.py`
+the code that walks a found (possibly damaged) file.
+
+Seeds and granularity: every checksum goes through the seeds below and one crc
+per record; a per-installation seed or checksums per block of a record change
+this module and recover.py's walk, not the ring's state machine.
 
 File layout (little-endian, every offset 8-byte aligned)::
 
@@ -29,7 +34,7 @@ Promises:
   as a record header or the other way round.
 - A record's crc covers its seq and every header field and is written last
   (`seal_record`), so a record cut short by a crash fails it and a partial write
-  cannot relabel a stale record (ring.py's recovery invariants rely on this).
+  cannot relabel a stale record (recover.py's invariants rely on this).
 - Hashing accepts a memoryview of the mapping and copies nothing.
 """
 
@@ -280,3 +285,92 @@ def encode_skip(*, seq: int, stamp: int, class_index: int, skip: int) -> bytes:
     )
     seal_record(buf, 0, 0)
     return bytes(buf)
+
+
+# ------------------------------------------------------------------- placement
+#
+# Where items go in the data region's circle, as arithmetic on positions
+# relative to the data region (`SpillRing` calls these and writes the bytes).
+# Invariant kept by every placement: an item boundary is 0 or >= REC_HDR bytes
+# into the region, and no record is split at the end of the region, so a skip
+# item always fits in front of a boundary and a reader never needs to wrap
+# inside an item.
+
+
+def data_size_for(file_size: int) -> int:
+    """The data region of a file of `file_size` bytes (whole 8-byte units)."""
+    return (file_size - DATA_OFFSET) & ~(ALIGN - 1)
+
+
+def max_span_for(data_size: int) -> int:
+    """The largest record span a region holds: one header short of the region, so
+    that a region never holds a single record that leaves no room for a skip."""
+    return data_size - REC_HDR
+
+
+def normalize(data_size: int, pos: int) -> int:
+    """`pos` as the next item's start: fewer than REC_HDR bytes before the end of
+    the region is an implicit wrap to 0."""
+    return 0 if data_size - pos < REC_HDR else pos
+
+
+def used_bytes(data_size: int, head: int, tail: int, *, empty: bool) -> int:
+    """Bytes of the region held by live records (and the skips between them).
+    head == tail means full unless the ring is empty."""
+    if empty:
+        return 0
+    return (tail - head) % data_size or data_size
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a new record goes, and the skip item that must accompany it."""
+
+    pos: int  # the record's position
+    skip_at: int  # a skip item's position, or -1 for none
+    skip_length: int  # bytes the skip item jumps over after its own header
+
+
+def place_back(data_size: int, head: int, tail: int, span: int, *, empty: bool) -> Placement | None:
+    """Where a record of `span` bytes appended behind `tail` goes; None: no room now.
+
+    Live bytes are [head, tail) around the circle (all of it when head == tail and
+    the ring is not empty). An empty ring starts over at 0. A record that does not
+    fit before the end of the region goes to 0 behind a skip item at the old tail
+    (the wrap marker; implicit when fewer than REC_HDR bytes are left)."""
+    if empty:
+        head = tail = 0
+    if not empty and tail <= head:  # wrapped (or full): room is [tail, head)
+        if head - tail < span:
+            return None
+        return Placement(tail, -1, 0)
+    if data_size - tail >= span:  # room is [tail, size) + [0, head)
+        return Placement(tail, -1, 0)
+    if head >= span:
+        if data_size - tail >= REC_HDR:
+            return Placement(0, tail, data_size - tail - REC_HDR)
+        return Placement(0, -1, 0)
+    return None
+
+
+def place_front(data_size: int, head: int, tail: int, span: int) -> Placement | None:
+    """Where a record of `span` bytes prepended in front of `head` goes (the ring is
+    not empty); None: no room now.
+
+    Right in front of the head when that leaves a legal boundary; otherwise, when
+    the ring has not wrapped, at the very end of the region (an implicit wrap
+    follows it) with [0, head) turned into a skip item."""
+    below = head - span
+    if tail <= head:  # wrapped (or full): room is [tail, head)
+        if below < tail or 0 < below < REC_HDR:
+            return None
+        return Placement(below, -1, 0)
+    if below == 0 or below >= REC_HDR:  # room is [tail, size) + [0, head)
+        return Placement(below, -1, 0)
+    if data_size - span >= tail:
+        if head == 0:
+            return Placement(data_size - span, -1, 0)
+        if head < REC_HDR:  # cannot happen (boundaries are 0 or >= REC_HDR)
+            return None
+        return Placement(data_size - span, 0, head - REC_HDR)
+    return None

@@ -1,11 +1,16 @@
-"""One event class's spill ring: the mmap ring file, its writes and its recovery.
+"""One event class's spill ring: the FIFO of records in one mapped ring file.
 
-This module owns the ring file: creating, preallocating, zero-filling and
-mapping it, where each record goes in the circle, the header writes that make
-a push or a release durable, msync, and how a file is read back after a clean
-stop, a kill -9, a power loss or plain corruption. What the bytes mean (the
-file layout, header slots, records, checksums) is `format.py`'s, a pure module;
-`SpillRing` is the only code that touches the file.
+This module owns one ring's state and its writes: the index of live records,
+the read cursor, where each record goes (`format.place_back`/`place_front`), the
+header writes that make a push or a release durable, msync, and the order of
+the steps that open a ring. The rest sits beside it:
+- `format.py` (pure): what the bytes mean - layout, header slots, records,
+  checksums - and the placement arithmetic;
+- `recover.py` (pure): how a found file is read back - the walk, the resync,
+  the scan, what is adopted;
+- `ringfile.py`: the file mechanics - open, posix_fallocate, zero-fill, fsync,
+  mmap.
+`SpillRing` is the only code that writes into a ring's mapping.
 
 Promises:
 - Nothing is ever written outside a file preallocated with posix_fallocate
@@ -13,12 +18,9 @@ Promises:
   is zero-filled once, so writes through the mapping never stall the loop on
   the filesystem converting unwritten extents (measured: up to 100 ms; see
   `SpillRing._zero_fill`).
-- Opening never raises for bad data and never hangs: torn or corrupt records are
-  skipped and counted, a torn header slot falls back to the other one, two bad
-  slots make the ring "empty-but-scan". Work at open is linear: one walk over
-  the records after a clean stop or a kill -9; on a damaged file at most three
-  passes (walk, full scan, walk again from a later head) with the hashing of
-  look-alike records capped.
+- Opening never raises for bad data and never hangs (recover.py's promises):
+  torn or corrupt records are skipped and counted, a torn header slot falls
+  back to the other one, two bad slots make the ring "empty-but-scan".
 - kill -9 loses nothing that `push_back`/`push_front` returned True for: the
   record and the header both sit in the MAP_SHARED mapping before the call
   returns, and the page cache outlives the process (FACTS). Records read but not
@@ -27,9 +29,9 @@ Promises:
   the middle of a ~100-byte memcpy).
 - A power loss costs at most the records pushed since the last `flush()`
   (msync), and may bring back records released since then (duplicates). Pages
-  reach the disk in any order, so the walk at open trusts no order: a header
-  newer than its records, a half-written record, a record whose predecessor
-  never made it - each is detected by checksum and sequence, counted, skipped.
+  reach the disk in any order, so recovery trusts no order: a header newer
+  than its records, a half-written record, a record whose predecessor never
+  made it - each is detected by checksum and sequence, counted, skipped.
 
 # Invariant: every record ever written to a file has seq < the file's tail_seq
 #   (tail_seq never decreases, push_front counts down from head_seq). A stale
@@ -50,9 +52,7 @@ Promises:
 from __future__ import annotations
 
 import dataclasses
-import errno
 import mmap
-import os
 from collections import deque
 from collections.abc import Sequence
 
@@ -64,36 +64,28 @@ from agent.spill.format import (
     KIND_SKIP,
     MIN_DATA_BYTES,
     REC_HDR,
-    RECORD_MAGIC,
     SLOT_BYTES,
     SLOT_ENCODED_BYTES,
     Buffer,
-    RecordHeader,
     SlotState,
-    choose_slot,
-    decode_record_header,
+    data_size_for,
     encode_slot,
+    max_span_for,
+    normalize,
     pack_record_header,
-    record_crc_ok,
+    place_back,
+    place_front,
     record_span,
     seal_record,
+    used_bytes,
 )
+from agent.spill.recover import LiveRecord, Recovery, file_size_to_map, recover
+from agent.spill.ringfile import SpillError, fsync_dir, map_file, read_head, zero_fill
 
+__all__ = ["RingStats", "SpillError", "SpillRing"]
 
-class SpillError(Exception):
-    """The disk failed us (no space, I/O error, permissions). The message names the path."""
-
-
-# pwrite size when zero-filling a new ring: big enough for disk speed, small
-# enough not to matter for memory.
-_ZERO_FILL_STEP = 4 * 1024 * 1024
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RingRecord:
-    payload: bytes
-    count: int
-    seq: int
+# A record's event count is a u32 in its header (format.py).
+MAX_RECORD_EVENTS = 0xFFFF_FFFF
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +93,7 @@ class RingStats:
     records: int  # on disk and not released (read or not)
     events: int
     bytes: int  # payload bytes of those records
-    unread_records: int  # not yet handed out by read_next
+    unread_records: int  # not yet handed out by read_next_split
     unread_events: int
     unread_bytes: int
     file_bytes: int
@@ -115,18 +107,6 @@ class RingStats:
     flushes: int  # msync calls that had something to write
 
 
-class _Entry:
-    """The index of one live record (the ring never re-parses its own writes)."""
-
-    __slots__ = ("count", "length", "pos", "seq")
-
-    def __init__(self, pos: int, seq: int, count: int, length: int) -> None:
-        self.pos = pos
-        self.seq = seq
-        self.count = count
-        self.length = length
-
-
 def _as_bytes_view(part: Buffer) -> memoryview:
     view = memoryview(part)
     if view.format != "B" or view.ndim != 1:
@@ -134,35 +114,14 @@ def _as_bytes_view(part: Buffer) -> memoryview:
     return view
 
 
-def _available_bytes(path: str) -> int | None:
-    try:
-        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
-def _preallocate(fd: int, path: str, size: int) -> None:
-    """posix_fallocate or SpillError: never leave a sparse file to be mapped (FACTS)."""
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        avail = _available_bytes(path)
-        avail_txt = f"{avail} bytes available" if avail is not None else "free space unknown"
-        raise SpillError(
-            f"spill ring {path}: cannot preallocate {size} bytes "
-            f"({errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror}); "
-            f"{avail_txt} on its filesystem"
-        ) from exc
-
-
 class SpillRing:
     """A FIFO of batch records in one preallocated, memory-mapped file.
 
     Reading is two-phase so a record drained into memory is freed only once it
-    was delivered: `read_next` moves a read cursor, `release_read` frees the
-    oldest read record for good (advancing the durable head), `unread_all` puts
-    the cursor back. Not thread-safe: the loop owns it.
+    was delivered: `read_next_split` moves a read cursor, `release_read` frees
+    the oldest read record for good (advancing the durable head). Records read
+    and not released when the process ends come back as unread at the next open.
+    Not thread-safe: the loop owns it.
 
     Records are never split at the end of the data region: a record that does
     not fit before the end is written at offset 0 behind a skip item (the wrap
@@ -176,18 +135,18 @@ class SpillRing:
         self._mm = mm
         self._mv = memoryview(mm)
         self._file_size = file_size
-        self._data_size = (file_size - DATA_OFFSET) & ~(ALIGN - 1)
+        self._data_size = data_size_for(file_size)
         # Records never exceed this, so every boundary is 0 or >= REC_HDR and a
         # skip item always fits in front of one (see the module invariants).
-        self._max_span = self._data_size - REC_HDR
+        self._max_span = max_span_for(self._data_size)
         self._head_pos = 0
         self._head_seq = INITIAL_SEQ
         self._tail_pos = 0
         self._tail_seq = INITIAL_SEQ
         self._prepared = 0  # see _zero_fill
         self._gen = 0
-        self._read: deque[_Entry] = deque()  # read, not released (oldest first)
-        self._unread: deque[_Entry] = deque()
+        self._read: deque[LiveRecord] = deque()  # read, not released (oldest first)
+        self._unread: deque[LiveRecord] = deque()
         self._events = 0
         self._bytes = 0
         self._read_events = 0
@@ -221,53 +180,43 @@ class SpillRing:
         Raises SpillError for disk problems, never for bad data.
         """
         if size_bytes < DATA_OFFSET + MIN_DATA_BYTES:
-            raise ValueError(f"spill ring {path}: {size_bytes} bytes is below the minimum")
+            raise ValueError(
+                f"spill ring {path}: {size_bytes} bytes is below the minimum "
+                f"({DATA_OFFSET + MIN_DATA_BYTES})"
+            )
         requested = size_bytes & ~(ALIGN - 1)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise SpillError(f"spill ring {path}: cannot open: {exc.strerror}") from exc
-        try:
-            try:
-                on_disk = os.fstat(fd).st_size
-                if on_disk >= DATA_OFFSET:
-                    slot_a = os.pread(fd, SLOT_ENCODED_BYTES, 0)
-                    slot_b = os.pread(fd, SLOT_ENCODED_BYTES, SLOT_BYTES)
-                else:
-                    slot_a = slot_b = b""
-            except OSError as exc:
-                raise SpillError(f"spill ring {path}: cannot read: {exc.strerror}") from exc
-            state, bad_slots = choose_slot(slot_a, slot_b, class_index)
-            fresh = on_disk < DATA_OFFSET + MIN_DATA_BYTES and state is None
-            if state is not None:
-                file_size = state.file_size
-            elif not fresh:
-                file_size = on_disk & ~(ALIGN - 1)
-            else:
-                file_size = requested
-            _preallocate(fd, path, file_size)
-            try:
-                if fresh:
-                    # The allocation must be durable before an msync means anything.
-                    os.fsync(fd)
-                mm = mmap.mmap(fd, file_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            except OSError as exc:
-                raise SpillError(f"spill ring {path}: cannot map: {exc.strerror}") from exc
-        finally:
-            os.close(fd)
-        ring = cls(path, class_index, mm, file_size)
+        on_disk, slot_a, slot_b = read_head(path)
+        file_size, fresh = file_size_to_map(on_disk, slot_a, slot_b, class_index, requested)
+        ring = cls(path, class_index, map_file(path, file_size, sync=fresh), file_size)
         if fresh:
             ring._format(INITIAL_SEQ)
             ring.flush()
-            _fsync_dir(path)
+            fsync_dir(path)
         else:
-            ring._recover(state, bad_slots)
+            ring._adopt(recover(ring._mv, class_index))
         if not (ring._read or ring._unread):
             if ring._file_size != requested:
                 ring._resize(requested)
             elif ring._prepared < ring._data_size:
                 ring._zero_fill()
         return ring
+
+    def _adopt(self, found: Recovery) -> None:
+        """Take what recovery found as the index, and rewrite both header slots
+        (which heals a torn slot at once)."""
+        self._unread.extend(found.records)
+        self._events = self._recovered_events = found.events
+        self._bytes = found.bytes
+        self._recovered_records = len(found.records)
+        self._tail_pos, self._tail_seq = found.tail_pos, found.tail_seq
+        self._set_head()
+        self._gen = found.generation
+        self._prepared = found.prepared
+        self._corrupt = found.corrupt_records
+        self._torn_slots = found.torn_header_slots
+        self._header_lost = found.header_lost
+        self._write_header()
+        self._write_header()
 
     def _format(self, seq: int) -> None:
         """An empty ring at offset 0 whose next record gets `seq`."""
@@ -281,29 +230,12 @@ class SpillRing:
         nothing left in the old bytes can be taken for a new record."""
         seq, gen = self._tail_seq, self._gen
         self._unmap()
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise SpillError(f"spill ring {self.path}: cannot reopen: {exc.strerror}") from exc
-        try:
-            try:
-                if size < os.fstat(fd).st_size:
-                    os.ftruncate(fd, size)
-            except OSError as exc:
-                raise SpillError(f"spill ring {self.path}: cannot shrink: {exc.strerror}") from exc
-            _preallocate(fd, self.path, size)
-            try:
-                os.fsync(fd)
-                mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            except OSError as exc:
-                raise SpillError(f"spill ring {self.path}: cannot map: {exc.strerror}") from exc
-        finally:
-            os.close(fd)
+        mm = map_file(self.path, size, sync=True, shrink=True)
         self._mm = mm
         self._mv = memoryview(mm)
         self._file_size = size
-        self._data_size = (size - DATA_OFFSET) & ~(ALIGN - 1)
-        self._max_span = self._data_size - REC_HDR
+        self._data_size = data_size_for(size)
+        self._max_span = max_span_for(self._data_size)
         self._dirty_lo, self._dirty_hi = size, 0
         self._gen = gen
         self._closed = False
@@ -329,220 +261,11 @@ class SpillRing:
         can be zeroed. Resumes where a cut-short creation stopped."""
         if self._prepared >= self._data_size:
             return
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise SpillError(f"spill ring {self.path}: cannot reopen: {exc.strerror}") from exc
-        try:
-            zeros = bytes(_ZERO_FILL_STEP)
-            at = self._prepared
-            while at < self._data_size:
-                n = min(_ZERO_FILL_STEP, self._data_size - at)
-                os.pwrite(fd, zeros if n == _ZERO_FILL_STEP else zeros[:n], DATA_OFFSET + at)
-                at += n
-            os.fsync(fd)
-        except OSError as exc:
-            raise SpillError(
-                f"spill ring {self.path}: cannot write {self._data_size} bytes of zeros: "
-                f"{exc.strerror}"
-            ) from exc
-        finally:
-            os.close(fd)
+        zero_fill(self.path, DATA_OFFSET + self._prepared, DATA_OFFSET + self._data_size)
         self._prepared = self._data_size
         self._write_header()
         self._write_header()
         self.flush()
-
-    def _recover(self, state: SlotState | None, bad_slots: int) -> None:
-        self._torn_slots = bad_slots
-        start: tuple[int, int] | None
-        if state is not None:
-            self._prepared = state.prepared
-            # +2: a record written just before a kill carries stamp generation+1.
-            self._gen = state.generation + 2
-            start = (state.head_pos, state.head_seq)
-            hint_seq = state.tail_seq
-        else:
-            self._header_lost = True
-            start, hint_seq = self._start_without_header()
-            # Unknown; if records turn up the file was in use, so assume it was
-            # prepared (an empty ring is zero-filled again, which is always safe).
-            self._prepared = 0 if start is None else self._data_size
-        if start is None:
-            self._format(hint_seq)
-            return
-        troubled = self._walk(start[0], start[1], hint_seq, header_valid=state is not None)
-        if troubled and state is not None:
-            # After a power loss the header may be older than the records around
-            # it (pages reach the disk in any order): its head can then sit in the
-            # middle of a newer lap, and walking from there would skip live
-            # records. The newest surviving write knows a later head (its floor).
-            found = self._scan_records()
-            if found:
-                newer, newer_hint = self._start_from(found)
-                newest = max(f[1].stamp for f in found)
-                if newest > state.generation and newer[1] > state.head_seq:
-                    self._reset_index()
-                    self._gen = max(self._gen, newest + 2)
-                    self._walk(newer[0], newer[1], max(hint_seq, newer_hint), header_valid=False)
-        self._recovered_records = len(self._unread)
-        self._recovered_events = self._events
-        self._write_header()
-        self._write_header()  # heals a torn slot at once
-
-    def _start_without_header(self) -> tuple[tuple[int, int] | None, int]:
-        """Both slots lost: find where the live records start by scanning."""
-        found = self._scan_records()
-        if not found:
-            return None, INITIAL_SEQ
-        self._gen = max(f[1].stamp for f in found) + 2
-        return self._start_from(found)
-
-    def _scan_records(self) -> list[tuple[int, RecordHeader]]:
-        """Every valid batch record in the data region, in file order (one pass)."""
-        found: list[tuple[int, RecordHeader]] = []
-        budget = [4 * self._data_size]
-        pos = 0
-        while pos < self._data_size:
-            hit = self._find_valid(pos, self._data_size - pos, -1, budget)
-            if hit is None:
-                break
-            rel, hdr = hit
-            found.append((rel, hdr))
-            pos = rel + record_span(hdr.length)
-        return found
-
-    @staticmethod
-    def _start_from(found: list[tuple[int, RecordHeader]]) -> tuple[tuple[int, int], int]:
-        """Where a walk over scanned records starts, and a tail seq hint above them all.
-
-        The newest write (highest stamp) knew the head at its time (its floor):
-        the walk starts at the first valid record at or after that floor. Records
-        released after that write come back once more (duplicates, never a loss)."""
-        newest = max(found, key=lambda f: f[1].stamp)[1]
-        live = [f for f in found if f[1].seq >= newest.floor]
-        rel, hdr = min(live, key=lambda f: (f[1].seq, -f[1].stamp))
-        return (rel, hdr.seq), max(f[1].seq for f in found) + 1
-
-    def _reset_index(self) -> None:
-        self._unread.clear()
-        self._read.clear()
-        self._events = self._bytes = self._read_events = self._read_bytes = 0
-
-    def _walk(self, head_pos: int, head_seq: int, hint_seq: int, *, header_valid: bool) -> bool:
-        """Rebuild the index from the durable head, one pass at most.
-
-        Demands exactly the expected seq at exactly the next position. Where that
-        fails for a reason other than the clean end of the chain (the header said
-        more records follow, the record there is torn, or the header was lost), it
-        resynchronises by scanning forward for the next valid record with a seq
-        beyond the last good one, and counts what it skipped by seq. Returns
-        whether it had to (the file was not as a clean stop or kill -9 leaves it)."""
-        size = self._data_size
-        mv = self._mv
-        pos, expect = head_pos, head_seq
-        last_good = head_seq - 1
-        traveled = 0  # distance from head_pos around the circle: the walk stops at size
-        budget = [4 * size]  # bytes a resync may hash (bounds look-alikes inside payloads)
-        scan_complete = True
-        troubled = False
-        lost = 0
-        while traveled < size:
-            if size - pos < REC_HDR:
-                traveled += size - pos
-                pos = 0
-                continue
-            hdr = decode_record_header(mv, DATA_OFFSET + pos, self.class_index)
-            torn = False
-            if hdr is not None and hdr.seq == expect:
-                if hdr.kind == KIND_SKIP:
-                    step = REC_HDR + hdr.length
-                    fits = pos + step <= size and traveled + step <= size
-                    if fits and record_crc_ok(mv, DATA_OFFSET + pos, hdr):
-                        traveled += step
-                        pos = 0 if pos + step == size else pos + step
-                        continue
-                else:
-                    span = record_span(hdr.length)
-                    fits = pos + span <= size and traveled + span <= size
-                    if fits and record_crc_ok(mv, DATA_OFFSET + pos, hdr):
-                        self._adopt(pos, hdr)
-                        traveled += span
-                        pos += span
-                        expect = last_good = hdr.seq
-                        expect += 1
-                        continue
-                torn = True  # the record we expected is here but damaged
-            if not (torn or expect < hint_seq or not header_valid):
-                break  # the clean end of the chain: the header's tail hint is exact
-            troubled = True
-            window = size - traveled
-            hit = self._find_valid(pos, window, last_good, budget)
-            if hit is None:
-                scan_complete = budget[0] > 0
-                break
-            rel, hdr = hit
-            lost += hdr.seq - expect
-            span = record_span(hdr.length)
-            traveled += (rel - pos) % size + span
-            self._adopt(rel, hdr)
-            pos = rel + span
-            expect = last_good = hdr.seq
-            expect += 1
-        if size - pos < REC_HDR:
-            pos = 0
-        if expect < hint_seq:
-            lost += hint_seq - expect
-            troubled = True
-        self._corrupt = lost
-        self._tail_pos = pos
-        # Reusing seqs below the hint is safe only when a complete scan proved that
-        # no valid record with such a seq is left anywhere in the free space.
-        if header_valid and scan_complete:
-            self._tail_seq = expect
-        else:
-            self._tail_seq = max(expect, hint_seq)
-        self._set_head()
-        return troubled
-
-    def _adopt(self, pos: int, hdr: RecordHeader) -> None:
-        self._unread.append(_Entry(pos, hdr.seq, hdr.count, hdr.length))
-        self._events += hdr.count
-        self._bytes += hdr.length
-
-    def _find_valid(
-        self, start: int, window: int, last_good: int, budget: list[int]
-    ) -> tuple[int, RecordHeader] | None:
-        """First valid batch record with seq > last_good lying wholly within the
-        `window` bytes that follow `start` around the circle. The magic is found at C
-        speed (mmap.find); only 8-aligned hits with a sound header are hashed."""
-        size = self._data_size
-        segments = [(start, min(size, start + window))]
-        if start + window > size:
-            segments.append((0, start + window - size))
-        for lo, hi in segments:
-            i = lo
-            while i + REC_HDR <= hi:
-                j = self._mm.find(RECORD_MAGIC, DATA_OFFSET + i, DATA_OFFSET + hi)
-                if j < 0:
-                    break
-                rel = j - DATA_OFFSET
-                if rel % ALIGN:
-                    i = rel - rel % ALIGN + ALIGN
-                    continue
-                i = rel + ALIGN
-                hdr = decode_record_header(self._mv, j, self.class_index)
-                if hdr is None or hdr.kind != KIND_BATCH or hdr.seq <= last_good:
-                    continue
-                if rel + record_span(hdr.length) > hi:
-                    continue
-                if budget[0] < hdr.length:
-                    budget[0] = 0
-                    return None
-                budget[0] -= hdr.length
-                if record_crc_ok(self._mv, j, hdr):
-                    return rel, hdr
-        return None
 
     # ------------------------------------------------------------- writing
 
@@ -565,30 +288,19 @@ class SpillRing:
         """`push_back` of the concatenation of `parts`, copied once into the mapping."""
         views = [_as_bytes_view(p) for p in parts]
         length, span = self._check_record(views, count)
-        size = self._data_size
-        if not (self._read or self._unread):
-            self._head_pos = self._tail_pos = 0  # an empty ring starts over at 0
-        head, tail = self._head_pos, self._tail_pos
-        skip_at = -1
-        if (self._read or self._unread) and tail <= head:  # wrapped (or full): room is [tail, head)
-            if head - tail < span:
-                return False
-            pos = tail
-        elif size - tail >= span:  # room is [tail, size) + [0, head)
-            pos = tail
-        elif head >= span:
-            pos = 0
-            skip_at = tail  # the wrap marker (implicit when fewer than REC_HDR bytes are left)
-        else:
+        empty = not (self._read or self._unread)
+        place = place_back(self._data_size, self._head_pos, self._tail_pos, span, empty=empty)
+        if place is None:
             return False
         seq = self._tail_seq
-        floor = self._head_seq if (self._read or self._unread) else seq
+        floor = seq if empty else self._head_seq
+        pos = place.pos
         self._write_record(pos, views, length, count, seq, floor)
-        if skip_at >= 0 and size - skip_at >= REC_HDR:
-            self._write_skip(skip_at, size - skip_at - REC_HDR, seq)
-        self._tail_pos = self._norm(pos + span)
+        if place.skip_at >= 0:  # the wrap marker, after the record
+            self._write_skip(place.skip_at, place.skip_length, seq)
+        self._tail_pos = normalize(self._data_size, pos + span)
         self._tail_seq = seq + 1
-        self._unread.append(_Entry(pos, seq, count, length))
+        self._unread.append(LiveRecord(pos, seq, count, length))
         self._events += count
         self._bytes += length
         if len(self._read) + len(self._unread) == 1:
@@ -604,30 +316,15 @@ class SpillRing:
             return self.push_back_parts(parts, count)
         views = [_as_bytes_view(p) for p in parts]
         length, span = self._check_record(views, count)
-        size = self._data_size
-        head, tail = self._head_pos, self._tail_pos
-        below = head - span  # where the record would start right in front of the head
-        skip_hole = False
-        if tail <= head:  # wrapped (or full): room is [tail, head)
-            if below < tail or 0 < below < REC_HDR:
-                return False
-            pos = below
-        elif below == 0 or below >= REC_HDR:  # room is [tail, size) + [0, head)
-            pos = below
-        elif size - span >= tail:
-            # Not enough room in front of the head: the record goes at the very end
-            # of the region (implicit wrap after it) and [0, head) becomes a skip.
-            pos = size - span
-            skip_hole = head > 0
-            if skip_hole and head < REC_HDR:  # cannot happen (boundaries are 0 or >= REC_HDR)
-                return False
-        else:
+        place = place_front(self._data_size, self._head_pos, self._tail_pos, span)
+        if place is None:
             return False
         seq = self._head_seq - 1
+        pos = place.pos
         self._write_record(pos, views, length, count, seq, seq)
-        if skip_hole:
-            self._write_skip(0, head - REC_HDR, self._head_seq)
-        self._unread.appendleft(_Entry(pos, seq, count, length))
+        if place.skip_at >= 0:  # the hole [0, old head) in front of the new record
+            self._write_skip(place.skip_at, place.skip_length, self._head_seq)
+        self._unread.appendleft(LiveRecord(pos, seq, count, length))
         self._events += count
         self._bytes += length
         self._head_pos, self._head_seq = pos, seq
@@ -638,7 +335,12 @@ class SpillRing:
         length = sum(v.nbytes for v in views)
         if length <= 0 or count <= 0:
             raise ValueError(f"spill ring {self.path}: a record needs bytes and events")
-        if count > 0xFFFF_FFFF or length > self.max_payload_bytes:
+        if count > MAX_RECORD_EVENTS:
+            raise ValueError(
+                f"spill ring {self.path}: record of {count} events exceeds the most a "
+                f"record can count ({MAX_RECORD_EVENTS})"
+            )
+        if length > self.max_payload_bytes:
             raise ValueError(
                 f"spill ring {self.path}: record of {length} bytes exceeds the ring's "
                 f"largest ({self.max_payload_bytes})"
@@ -707,9 +409,6 @@ class SpillRing:
         self._dirty_lo = min(self._dirty_lo, lo)
         self._dirty_hi = max(self._dirty_hi, hi)
 
-    def _norm(self, pos: int) -> int:
-        return 0 if self._data_size - pos < REC_HDR else pos
-
     def _set_head(self) -> None:
         first = self._read[0] if self._read else (self._unread[0] if self._unread else None)
         if first is None:
@@ -719,17 +418,12 @@ class SpillRing:
 
     # ------------------------------------------------------------- reading
 
-    def read_next(self) -> RingRecord | None:
-        """The next record after the read cursor (a copy); advances only the cursor."""
-        entry = self._advance_cursor()
-        if entry is None:
-            return None
-        at = DATA_OFFSET + entry.pos + REC_HDR
-        return RingRecord(self._mm[at : at + entry.length], entry.count, entry.seq)
-
     def read_next_split(self, prefix_per_event: int) -> tuple[bytes, bytes, int, int] | None:
-        """`read_next` for payloads that start with `prefix_per_event` bytes per event
-        (the store's ends array): (prefix, rest, count, seq), each copied once."""
+        """The next record after the read cursor, for payloads that start with
+        `prefix_per_event` bytes per event (the store's ends array): (prefix, rest,
+        count, seq), each copied once out of the mapping; None when every record
+        is read. Advances only the cursor: the record stays on disk until
+        `release_read`."""
         entry = self._advance_cursor()
         if entry is None:
             return None
@@ -755,7 +449,7 @@ class SpillRing:
         if end > start:
             self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
-    def _advance_cursor(self) -> _Entry | None:
+    def _advance_cursor(self) -> LiveRecord | None:
         if self._closed:
             raise ValueError(f"spill ring {self.path} is closed")
         if not self._unread:
@@ -777,13 +471,6 @@ class SpillRing:
         self._bytes -= entry.length
         self._set_head()
         self._write_header()
-
-    def unread_all(self) -> None:
-        """Read cursor back to the durable head: read records become unread again."""
-        if self._read:
-            self._unread.extendleft(reversed(self._read))
-            self._read.clear()
-            self._read_events = self._read_bytes = 0
 
     def drop_front(self) -> int:
         """Evict the oldest record (memory and disk full); its event count, 0 if empty."""
@@ -814,16 +501,9 @@ class SpillRing:
         """msync calls that had something to write, since open."""
         return self._flushes
 
-    @property
-    def read_events(self) -> int:
-        """Events read but not yet released (in memory now, still on disk)."""
-        return self._read_events
-
     def _used(self) -> int:
-        if not (self._read or self._unread):
-            return 0
-        used = (self._tail_pos - self._head_pos) % self._data_size
-        return used or self._data_size
+        empty = not (self._read or self._unread)
+        return used_bytes(self._data_size, self._head_pos, self._tail_pos, empty=empty)
 
     @property
     def dirty_bytes(self) -> int:
@@ -899,19 +579,3 @@ class SpillRing:
             recovered_events=self._recovered_events,
             flushes=self._flushes,
         )
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a new file's directory entry durable (once, at creation)."""
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise SpillError(f"spill ring {path}: cannot open its directory: {exc.strerror}") from exc
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        raise SpillError(
-            f"spill ring {path}: fsync of its directory failed: {exc.strerror}"
-        ) from exc
-    finally:
-        os.close(fd)

@@ -3,7 +3,8 @@
 This module owns the spill directory: creating it (mode 0700), the exclusive
 lock on it, the split of `[spill] max_bytes` across the classes, the check that
 the disk can hold that much before anything is allocated, and the batch payload
-encoding. The ring's on-disk format is `format.py`'s, its file I/O `ring.py`'s.
+encoding. One ring is `ring.py`'s (`SpillRing`); its on-disk format `format.py`'s,
+its recovery `recover.py`'s, its file mechanics `ringfile.py`'s.
 
 Batch payload (one in-memory chunk = one ring record)::
 
@@ -93,7 +94,7 @@ class ClassSpillStats:
     unreleased_events: int  # read back into memory, not yet released (still on disk)
     unreleased_bytes: int
     spilled_events: int  # pushed (back or front) since open
-    recovered_events: int  # read back into memory since open, net of unread_all
+    recovered_events: int  # read back into memory since open
     dropped_events: int  # evicted by drop_front since open
     resumed_events: int  # found on disk at open, left by the previous run
     file_bytes: int
@@ -123,11 +124,18 @@ class SpillStoreStats:
 class SpillStore:
     """The four class rings under one locked directory. Not thread-safe: the loop owns it.
 
-    On SIGTERM the loop must first settle what it read: release a batch whose
-    events were all delivered, `unread_all()` for those not delivered at all (they
-    are still on disk), release-and-`push_front` the undelivered rest of a batch
-    delivered in part; then `push_front` what memory held ahead of the ring
-    (newest first), `push_back` the memory tail, `close()`.
+    How the loop stops (agent/loop.py `_stop`, `_park_in_memory_events`), per
+    class: a batch whose events were all delivered was released when its last
+    event went out; every batch read back and still in memory (delivered in part
+    or not at all) is released now, oldest first as read, and its undelivered
+    events are put back with `push_front` together with everything memory held
+    ahead of the ring, newest first (push_front refuses while anything is read
+    but unreleased); then what memory queued behind the ring goes in with
+    `push_back`; then `flush()`, and `close()` as the agent exits. A push that
+    finds no room evicts the class's oldest batch with `drop_front` (back side,
+    never critical) or counts the batch as lost. A kill -9 after those releases
+    and before the push_front of their rest costs those events; at any other
+    moment it costs only what was still in memory (the ring's promises).
     """
 
     def __init__(self, dir: str, rings: list[SpillRing], lock_fd: int) -> None:
@@ -193,7 +201,8 @@ class SpillStore:
     # ------------------------------------------------------------- reading
 
     def read_next(self, cls: int) -> SpilledBatch | None:
-        """The next batch not yet read back (it stays on disk until released)."""
+        """The next batch of the class not yet read back (the loop's drain); it
+        stays on disk until `release_read`. None: nothing left to read."""
         got = self._rings[cls].read_next_split(_ENDS_ITEM)
         if got is None:
             return None
@@ -208,12 +217,6 @@ class SpillStore:
     def release_read(self, cls: int) -> None:
         """The oldest batch read back was delivered: free it on disk."""
         self._rings[cls].release_read()
-
-    def unread_all(self) -> None:
-        """Every batch read back but not released becomes unread again (all classes)."""
-        for cls, ring in enumerate(self._rings):
-            self._recovered[cls] -= ring.read_events
-            ring.unread_all()
 
     def drop_front(self, cls: int) -> int:
         """Evict the class's oldest batch (memory and disk full); its events, 0 if none."""
