@@ -15,7 +15,11 @@ socket that carries it, and promises:
   refuse the send (EAGAIN) instead of dropping it, and `send_batch` then says
   "not now" so the events stay in the class queue;
 - to keep libzmq's and the kernel's queues shallow (small SNDHWM, bounded
-  SO_SNDBUF): what sits there is FIFO and ahead of the next critical alert.
+  SO_SNDBUF): what sits there is FIFO and ahead of the next critical alert;
+- to open whole or not at all: an endpoint that cannot be opened (port in
+  use, no such interface) raises EndpointError naming the key and the
+  endpoint, with the socket already closed (an open one would make
+  `ctx.term()` wait forever).
 
 The header is `{"agent", "epoch", "seq", "count"}`; seq counts messages per
 class from 1 in each epoch and only moves when a send succeeded, so a head-end
@@ -59,7 +63,8 @@ def open_endpoints(
             try:
                 attach(ep)
             except zmq.ZMQError as e:
-                raise EndpointError(f"{table}.{key}", ep, e.strerror) from e
+                # zmq.strerror: pyzmq's e.strerror repeats the address.
+                raise EndpointError(f"{table}.{key}", ep, zmq.strerror(e.errno)) from e
 
 
 def encode_header(agent_id: str, epoch: int, seq: int, count: int) -> bytes:
