@@ -96,6 +96,10 @@ DROP_LOG_EVERY_S = 1.0
 STOP_EXTEND_US = 60_000_000
 
 
+# 128 + SIGINT, the shell's convention for a process ended by Ctrl-C.
+EXIT_INTERRUPTED = 130
+
+
 class StartupError(Exception):
     """The agent cannot start: a socket cannot bind, the spill dir is unusable."""
 
@@ -623,3 +627,8 @@ def run_agent(settings: Settings, config_path: str | None = None) -> int:
         return Agent(settings, config_path).run()
     except SpillError as e:
         raise StartupError(str(e)) from e
+    except KeyboardInterrupt:
+        # Ctrl-C in the instant before the agent's own SIGINT handler is in
+        # place (from then on it is a clean stop): no traceback.
+        log.warning("interrupted while starting")
+        return EXIT_INTERRUPTED

@@ -64,7 +64,8 @@ def open_endpoints(
                 attach(ep)
             except zmq.ZMQError as e:
                 # zmq.strerror: pyzmq's e.strerror repeats the address.
-                raise EndpointError(f"{table}.{key}", ep, zmq.strerror(e.errno)) from e
+                reason = zmq.strerror(e.errno) if e.errno is not None else str(e)
+                raise EndpointError(f"{table}.{key}", ep, reason) from e
 
 
 def encode_header(agent_id: str, epoch: int, seq: int, count: int) -> bytes:

@@ -10,13 +10,17 @@ are taken by this test on port 0 (parallel-safe).
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 import zmq
 
-from harness import AgentProcess
+from harness import AgentProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -97,3 +101,26 @@ def test_an_endpoint_on_an_interface_that_does_not_exist_ends_the_start(
 def test_http_on_an_address_that_is_not_ours_ends_the_start(workdir: str) -> None:
     agent = AgentProcess(workdir, http={"bind": f"{NOT_LOCAL}:8080"}, spill=SMALL_SPILL)
     fails_fast(agent, f"{NOT_LOCAL}:8080")
+
+
+def test_ctrl_c_during_the_start_stops_cleanly_without_a_traceback(workdir: str) -> None:
+    """The SIGINT/SIGTERM handlers are the first thing the start installs
+    (before the spill dir exists), so a Ctrl-C while the rings are created
+    (128 MiB of zeros here, a few hundred ms) ends in a clean stop, exit 0."""
+    agent = AgentProcess(workdir, spill={"max_bytes": 128 * 1024 * 1024})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", agent.config],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: os.path.isdir(agent.spill_dir), what="the start to reach the spill dir")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "stopped" in err, err
