@@ -43,7 +43,7 @@ import agent
 from agent import memory
 from agent.batching import BatchPolicy
 from agent.classes import CLASSES, EventClass
-from agent.codec import MULTIPART, FrameDecoder
+from agent.codec import MULTIPART, DecodeResult, FrameDecoder
 from agent.curve import CurveError, CurveGuard
 from agent.governor import BufferGovernor
 from agent.http import HttpServer
@@ -403,35 +403,23 @@ class Agent:
     # -- ingest ----------------------------------------------------------------
 
     def _ingest(self) -> bool:
+        """One ingest burst from the PULL socket. Returns True if any frame
+        was read. The seams: `_read_burst` (one socket; a second PULL read
+        first would call it too) and `_accept` (decoded events into their
+        queues, whatever read and decoded them)."""
         arrived = time.monotonic()  # the frames of this burst were here by now
-        recv = self.pull.recv
-        more = self.pull.getsockopt
-        frames: list[bytes] = []
-        nbytes = 0
-        multipart = 0
-        for _ in range(INGEST_MAX_FRAMES):
-            try:
-                frame = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if more(zmq.RCVMORE):
-                # A multipart message is rejected whole (INTERFACE.md). Its parts
-                # arrive together, so reading the rest cannot block.
-                while more(zmq.RCVMORE):
-                    recv()
-                multipart += 1
-                continue
-            frames.append(frame)
-            nbytes += len(frame)
-            if nbytes >= INGEST_MAX_BYTES:
-                break
-        telemetry = self.telemetry
+        frames, multipart = _read_burst(self.pull)
         if multipart:
-            telemetry.reject(MULTIPART, multipart)
+            self.telemetry.reject(MULTIPART, multipart)
         if not frames:
             return multipart > 0
-        result = self.decoder.decode_frames(frames)
-        telemetry.ingested(len(frames), result.accepted, result.rejected)
+        self._accept(self.decoder.decode_frames(frames), len(frames), arrived)
+        return True
+
+    def _accept(self, result: DecodeResult, frames: int, arrived: float) -> None:
+        """Count a decoded burst and queue its events by class."""
+        telemetry = self.telemetry
+        telemetry.ingested(frames, result.accepted, result.rejected)
         now = time.monotonic()
         for cls, events in enumerate(result.events):
             if events:
@@ -442,7 +430,6 @@ class Agent:
                     telemetry.critical_arrived(len(events), arrived)
                 if self._pending_since[cls] is None and q.front_events:
                     self._pending_since[cls] = now
-        return True
 
     def _read_monitor(self) -> None:
         while True:
@@ -619,6 +606,34 @@ class Agent:
             log.info(
                 "stopped: %d delivered, %d events parked on disk, nothing lost", delivered, parked
             )
+
+
+def _read_burst(sock: zmq.Socket) -> tuple[list[bytes], int]:
+    """At most INGEST_MAX_FRAMES frames / INGEST_MAX_BYTES (plus the frame that
+    crosses it) without waiting: the single-frame messages, and how many
+    multipart messages were skipped whole."""
+    recv = sock.recv
+    more = sock.getsockopt
+    frames: list[bytes] = []
+    nbytes = 0
+    multipart = 0
+    for _ in range(INGEST_MAX_FRAMES):
+        try:
+            frame = recv(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        if more(zmq.RCVMORE):
+            # A multipart message is rejected whole (INTERFACE.md). Its parts
+            # arrive together, so reading the rest cannot block.
+            while more(zmq.RCVMORE):
+                recv()
+            multipart += 1
+            continue
+        frames.append(frame)
+        nbytes += len(frame)
+        if nbytes >= INGEST_MAX_BYTES:
+            break
+    return frames, multipart
 
 
 def run_agent(settings: Settings, config_path: str | None = None) -> int:
