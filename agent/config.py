@@ -250,6 +250,29 @@ def changed_keys(old: Settings, new: Settings) -> list[str]:
     return [key for key in _VALUE_KEYS if before[key] != after[key]]
 
 
+def apply_reloadable(running: Settings, new: Settings) -> Settings:
+    """The settings a SIGHUP leaves running: `running` with every RELOADABLE
+    key taken from `new`, everything else as it runs. Keeping what was not
+    applied lets the next reload compare against the truth (and repeat the
+    restart warning).
+
+    # Invariant: changed_keys(running, result) ⊆ RELOADABLE and
+    #   changed_keys(result, new) ∩ RELOADABLE == [].
+    """
+    u = new.upstream
+    return dataclasses.replace(
+        running,
+        agent=dataclasses.replace(running.agent, log_level=new.agent.log_level),
+        upstream=dataclasses.replace(
+            running.upstream,
+            batch_max_events=u.batch_max_events,
+            batch_max_bytes=u.batch_max_bytes,
+            linger_ms=u.linger_ms,
+        ),
+        classes=new.classes,
+    )
+
+
 # ---------------------------------------------------------------------------
 # Shape: tables, unknown keys
 

@@ -11,7 +11,15 @@ that keep them inside `[buffer] budget_bytes`:
 - after `shrink_after_s` without growth, capacity falls back towards what is in
   use and the pooled chunks above it are released, so the shrink shows in RSS.
 
-Pure: the loop passes `now` and the byte counts in and applies the decision.
+The state a technician reads says what the buffers did lately, not what one
+turn did: "spilling" while events went to disk within the last
+`ACTIVITY_SHOWS_S`, "draining" while events came back from disk within it.
+Events merely lying on disk (an outage with no subscriber) are neither, and do
+not keep capacity from shrinking; a drain in progress does, because what it
+reads back needs the memory.
+
+Pure: the loop passes `now` and the byte counts in and applies the decision;
+the buffer policy (agent/pressure.py) reports spills and drains with their time.
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ import enum
 # Headroom kept above what is in use when shrinking: a quiet agent that gets a
 # small burst should not have to mmap fresh chunks for it.
 SHRINK_HEADROOM = 1.25
+# "spilling"/"draining" show for this long after the last spill/drain. The
+# snapshot is taken every 0.25 s and a sustained spill moves a chunk every few
+# turns, not every turn: one second spans four snapshots, so the state holds
+# steady through a spill instead of flickering between snapshots.
+ACTIVITY_SHOWS_S = 1.0
 
 
 class GovernorState(str, enum.Enum):
@@ -65,6 +78,8 @@ class BufferGovernor:
         # growing / steady / shrinking, before the spilling/draining overlay.
         self._base_state = GovernorState.STEADY
         self.state = GovernorState.STEADY
+        self._spilled_at: float | None = None
+        self._drained_at: float | None = None
 
     @property
     def noncritical_limit(self) -> int:
@@ -72,28 +87,30 @@ class BufferGovernor:
         turn's spilling), leaving the critical reserve and one burst free."""
         return max(0, self.budget_bytes - self.critical_reserve_bytes - self.burst_bytes)
 
-    def noncritical_excess(self, noncritical_bytes: int) -> int:
-        """Bytes non-critical classes must move out (spill or evict) to respect the reserve."""
-        return max(0, noncritical_bytes - self.noncritical_limit)
+    def can_admit(self, allocated_bytes: int) -> bool:
+        """May the loop read one more burst without passing the budget?"""
+        return allocated_bytes + self.burst_bytes <= self.budget_bytes
 
-    def can_admit(self, allocated_bytes: int, incoming_bytes: int | None = None) -> bool:
-        """May the loop read a burst of up to `incoming_bytes` (default: one
-        burst) more event bytes without passing the budget?"""
-        incoming = self.burst_bytes if incoming_bytes is None else incoming_bytes
-        return allocated_bytes + incoming <= self.budget_bytes
+    def spilled(self, now: float) -> None:
+        """Events went to disk at `now`."""
+        self._spilled_at = now
 
-    def observe(
-        self,
-        now: float,
-        in_use_bytes: int,
-        allocated_bytes: int,
-        *,
-        spilling: bool = False,
-        draining: bool = False,
-    ) -> int | None:
+    def drained(self, now: float) -> None:
+        """Events came back from disk at `now`."""
+        self._drained_at = now
+
+    def spilling(self, now: float) -> bool:
+        return self._spilled_at is not None and now - self._spilled_at < ACTIVITY_SHOWS_S
+
+    def draining(self, now: float) -> bool:
+        return self._drained_at is not None and now - self._drained_at < ACTIVITY_SHOWS_S
+
+    def observe(self, now: float, in_use_bytes: int, allocated_bytes: int) -> int | None:
         """Update capacity and state. Returns how many pooled bytes to keep when
         memory should be given back (the loop trims the pool to it), else None."""
         trim_to: int | None = None
+        spilling = self.spilling(now)
+        draining = self.draining(now)
         if allocated_bytes > self.capacity_bytes:
             self.capacity_bytes = min(self.budget_bytes, allocated_bytes)
             self._last_growth = now

@@ -1,4 +1,4 @@
-"""The one thread that owns all event state: sockets, class queues, spill, timers.
+"""The one thread that owns all event state: sockets, signals, the turn, timers.
 
 Everything an accepted event goes through happens on this thread, in this
 order each turn:
@@ -7,32 +7,34 @@ order each turn:
 2. ingest: a bounded burst of `recv(NOBLOCK)` (FACTS.md: poll once, then
    drain without polling; a poll before every recv cut throughput ~10x),
    decoded as one batch;
-3. make room: non-critical classes beyond `budget - critical_reserve` move to
-   their spill rings (lowest class first), or when disk is full too, the
-   oldest events of the lowest class are evicted and counted;
-4. publish: strict class order, critical first and at once, others in batches;
-5. drain: spilled events come back into memory, highest class first, while
-   there is room and the class has little in memory;
-6. timers: snapshot for the HTTP thread, governor (grow/shrink), spill flush.
+3. publish: strict class order, critical first and at once, others in batches;
+4. make room (agent/pressure.py): spill or evict what memory cannot hold, and
+   pause ingest while even one more burst would not fit;
+5. drain (agent/pressure.py): spilled events come back into memory;
+6. timers: snapshot for the HTTP thread (agent/telemetry.py), governor
+   (grow/shrink), spill flush, watchdog, SIGHUP reload.
+
+The decisions live in the pure modules (pressure, governor, batching,
+telemetry); this module holds the sockets and the clock and applies them.
 
 Promises: an event is counted exactly once as delivered, spilled-then-
 recovered, dropped (with a reason) or rejected (with a reason); critical
 events are never behind another class in our queues; nothing blocks this
 thread except the poll (and an msync, bounded by the flush interval's dirty
 data). The HTTP thread only ever sees the immutable `Snapshot` swapped in here.
+A start that cannot open everything (spill dir, an endpoint, the HTTP port)
+raises StartupError naming what failed, with everything opened so far closed
+(one ExitStack), so the process exits instead of hanging in `ctx.term()`.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -41,27 +43,23 @@ import agent
 from agent import memory
 from agent.batching import BatchPolicy
 from agent.classes import CLASSES, EventClass
-from agent.codec import MULTIPART, FrameDecoder
+from agent.codec import MULTIPART, DecodeResult, FrameDecoder
 from agent.curve import CurveError, CurveGuard
 from agent.governor import BufferGovernor
 from agent.http import HttpServer
 from agent.notify import Notifier
-from agent.queues import CHUNK_BYTES, Chunk, ClassQueues
+from agent.pressure import BufferPressure
+from agent.queues import CHUNK_BYTES, ClassQueues
+from agent.routes import BACKPRESSURE_PATH
 from agent.settings import Settings
-from agent.spill import SpillError, SpillStore
-from agent.stats import (
-    BufferStats,
-    ClassStats,
-    IngestStats,
-    LatencyRecorder,
-    Snapshot,
-    SpillStats,
-)
+from agent.spill import SpillError, SpillStore, next_epoch
+from agent.stats import Snapshot
+from agent.telemetry import AgentIdentity, Telemetry
+from agent.upstream import EndpointError, Upstream, open_endpoints
 
 log = logging.getLogger("agent.loop")
 
 CRITICAL = int(EventClass.CRITICAL)
-NONCRITICAL_LOWEST_FIRST = tuple(reversed(CLASSES[1:]))
 
 # One ingest burst: at most this many frames / bytes (plus the frame that
 # crosses the limit) before the loop publishes again. The burst bounds how long
@@ -86,49 +84,25 @@ BLOCKED_RETRY_S = 0.00025
 IDLE_POLL_S = 0.1
 FLUSH_STEP_BYTES = 4 * 1024 * 1024
 SNAPSHOT_EVERY_S = 0.25
-# Drain a class's ring while it has fewer than this many bytes in memory:
-# enough to keep the upstream busy, little enough to leave room for a spike.
-DRAIN_LOW_WATER = 4 * CHUNK_BYTES
+# While ingest is paused it is not polled; look again this soon.
+PAUSED_POLL_S = 0.01
 # SIGTERM: keep accepting until the ingest socket has been quiet this long,
 # but no longer than STOP_ACCEPT_MAX_S (INTERFACE.md, "SIGTERM").
 STOP_IDLE_S = 0.2
 STOP_ACCEPT_MAX_S = 3.0
+# Evictions are logged at most this often, summed per class.
+DROP_LOG_EVERY_S = 1.0
+# systemd asks for SIGTERM handling within TimeoutStopSec; accepting (<= 3 s)
+# then parking up to the whole budget and an msync may need more: ask for this.
+STOP_EXTEND_US = 60_000_000
+
+
+# 128 + SIGINT, the shell's convention for a process ended by Ctrl-C.
+EXIT_INTERRUPTED = 130
 
 
 class StartupError(Exception):
     """The agent cannot start: a socket cannot bind, the spill dir is unusable."""
-
-
-def next_epoch(spill_dir: str, now_ms: int) -> int:
-    """A new epoch, larger than every earlier one on this box.
-
-    Wall-clock milliseconds, but never below the last epoch + 1 recorded in the
-    spill dir: a gateway without an RTC can boot with its clock in 1970 and the
-    head-end must still see a new epoch.
-    """
-    path = os.path.join(spill_dir, "epoch")
-    last = 0
-    with contextlib.suppress(FileNotFoundError, ValueError), open(path, encoding="ascii") as f:
-        last = int(f.read().strip() or 0)
-    epoch = max(now_ms, last + 1)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{epoch}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return epoch
-
-
-class _ClassCounters:
-    __slots__ = ("received", "delivered", "spilled", "recovered", "dropped")
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.delivered = 0
-        self.spilled = 0
-        self.recovered = 0
-        self.dropped = 0
 
 
 class Agent:
@@ -153,70 +127,68 @@ class Agent:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit status (0)."""
-        with self._opened():
+        with contextlib.ExitStack() as opened:
+            self._open(opened)
             self._serve()
             self._stop()
         return 0
 
     # -- start and stop --------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _opened(self) -> Iterator[None]:
+    def _open(self, opened: contextlib.ExitStack) -> None:
+        """Open everything, registering each close on `opened` as soon as the
+        thing exists: a failure anywhere closes exactly what was opened, in
+        reverse order (the HTTP server, the sockets, then the ZAP handler, then
+        `ctx.term()`, which waits for every socket, then the store's lock)."""
         s = self.settings
+        opened.callback(self.notifier.close)
+        # Signals first: a SIGTERM or Ctrl-C during a long start (spill
+        # recovery) then stops the agent cleanly once it is up, no traceback.
+        self._install_signals(opened)
         self.store = SpillStore.open(s.spill.dir, s.spill.max_bytes)
+        opened.callback(self.store.close)
+        self.epoch = next_epoch(s.spill.dir, int(time.time() * 1000))
+        self.ctx = zmq.Context()
+        opened.callback(self.ctx.term)
+        self._open_sockets(opened)
+        self._open_state()
+        self._publish_snapshot(time.monotonic())
+        self.http = HttpServer(s.http.host, s.http.port, self.snapshot)
         try:
-            self.epoch = next_epoch(s.spill.dir, int(time.time() * 1000))
-            self.ctx = zmq.Context()
-            try:
-                self._open_sockets()
-                self._open_state()
-                self._wake_r, self._wake_w = socket.socketpair()
-                self._wake_r.setblocking(False)
-                self._wake_w.setblocking(False)
-                old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-                old_term = signal.signal(signal.SIGTERM, self._on_signal)
-                old_int = signal.signal(signal.SIGINT, self._on_signal)
-                old_hup = signal.signal(signal.SIGHUP, self._on_sighup)
-                try:
-                    self._publish_snapshot(time.monotonic())
-                    self.http = HttpServer(s.http.host, s.http.port, self.snapshot)
-                    try:
-                        self.http.start()
-                    except OSError as e:
-                        raise StartupError(str(e)) from e
-                    self.http_address = self.http.address
-                    try:
-                        self._state = "running"
-                        self._publish_snapshot(time.monotonic())
-                        # READY=1 only now: sockets bound, rings recovered, HTTP up.
-                        self.notifier.ready(f"epoch {self.epoch}, serving")
-                        log.info(
-                            "ready: agent %s epoch %d, http://%s:%d%s",
-                            s.agent.id,
-                            self.epoch,
-                            self.http_address[0],
-                            self.http_address[1],
-                            "/api/v1/gateway/backpressure",
-                        )
-                        yield
-                    finally:
-                        self.http.stop()
-                finally:
-                    self.notifier.close()
-                    signal.signal(signal.SIGTERM, old_term)
-                    signal.signal(signal.SIGINT, old_int)
-                    signal.signal(signal.SIGHUP, old_hup)
-                    signal.set_wakeup_fd(old_fd)
-                    self._wake_r.close()
-                    self._wake_w.close()
-            finally:
-                self._close_sockets()
-        finally:
-            self.store.close()
+            self.http.start()
+        except OSError as e:
+            raise StartupError(str(e)) from e
+        opened.callback(self.http.stop)
+        self.http_address = self.http.address
+        self._state = "running"
+        self._publish_snapshot(time.monotonic())
+        # READY=1 only now: sockets bound, rings recovered, HTTP up.
+        self.notifier.ready(f"epoch {self.epoch}, serving")
+        log.info(
+            "ready: agent %s epoch %d, http://%s:%d%s",
+            s.agent.id,
+            self.epoch,
+            self.http_address[0],
+            self.http_address[1],
+            BACKPRESSURE_PATH,
+        )
 
-    def _open_sockets(self) -> None:
-        from agent.upstream import Upstream
+    def _install_signals(self, opened: contextlib.ExitStack) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        opened.callback(self._wake_r.close)
+        opened.callback(self._wake_w.close)
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        opened.callback(signal.set_wakeup_fd, old_fd)
+        for signum, handler in (
+            (signal.SIGTERM, self._on_signal),
+            (signal.SIGINT, self._on_signal),
+            (signal.SIGHUP, self._on_sighup),
+        ):
+            opened.callback(signal.signal, signum, signal.signal(signum, handler))
 
+    def _open_sockets(self, opened: contextlib.ExitStack) -> None:
         s = self.settings
         # The ZAP handler before any socket exists: a CURVE server bound
         # without one admits every client that knows its key (FACTS.md).
@@ -224,22 +196,23 @@ class Agent:
             self.guard = CurveGuard(self.ctx, s.ingest.curve, s.upstream.curve)
         except CurveError as e:
             raise StartupError(str(e)) from e
+        # Closed after the secured sockets (until they close, the handler
+        # answers), before term.
+        opened.callback(self.guard.close)
         pull = self.ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.MAXMSGSIZE, s.ingest.max_frame_bytes)
-        pull.setsockopt(zmq.RCVHWM, s.ingest.rcvhwm)
-        pull.setsockopt(zmq.LINGER, 0)
-        # The loop owns the PULL's monitor (a socket has one): the guard's
-        # handshake events come through it, see _read_monitor.
-        self.guard.secure(pull, "ingest", monitor=False)
         self.pull = pull
-        self.monitor = pull.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | self.guard.monitor_events("ingest")
-        )
+        opened.callback(self._close_ingest)
         try:
-            for ep in s.ingest.bind:
-                pull.bind(ep)
-            for ep in s.ingest.connect:
-                pull.connect(ep)
+            pull.setsockopt(zmq.MAXMSGSIZE, s.ingest.max_frame_bytes)
+            pull.setsockopt(zmq.RCVHWM, s.ingest.rcvhwm)
+            pull.setsockopt(zmq.LINGER, 0)
+            # The loop owns the PULL's monitor (a socket has one): the guard's
+            # handshake events come through it, see _read_monitor.
+            self.guard.secure(pull, "ingest", monitor=False)
+            self.monitor = pull.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | self.guard.monitor_events("ingest")
+            )
+            open_endpoints(pull, "ingest", s.ingest.bind, s.ingest.connect)
             self.upstream = Upstream(
                 self.ctx,
                 s.upstream,
@@ -247,26 +220,20 @@ class Agent:
                 epoch=self.epoch,
                 secure=lambda sock: self.guard.secure(sock, "upstream"),
             )
+        except EndpointError as e:
+            raise StartupError(str(e)) from e
         except zmq.ZMQError as e:
             raise StartupError(f"cannot open sockets: {e}") from e
+        opened.callback(self.upstream.close)
 
-    def _close_sockets(self) -> None:
-        for name in ("monitor", "pull"):
-            sock = getattr(self, name, None)
-            if sock is not None and not sock.closed:
-                if name == "pull":
-                    with contextlib.suppress(zmq.ZMQError):
-                        sock.disable_monitor()
-                sock.close(0)
-        up = getattr(self, "upstream", None)
-        if up is not None:
-            up.close()
-        # After the secured sockets (until they close, the handler answers),
-        # before term (which waits for every socket).
-        guard = getattr(self, "guard", None)
-        if guard is not None:
-            guard.close()
-        self.ctx.term()
+    def _close_ingest(self) -> None:
+        monitor = getattr(self, "monitor", None)
+        if monitor is not None:
+            monitor.close(0)
+        if not self.pull.closed:
+            with contextlib.suppress(zmq.ZMQError):
+                self.pull.disable_monitor()
+            self.pull.close(0)
 
     def _open_state(self) -> None:
         s = self.settings
@@ -285,38 +252,29 @@ class Agent:
         self.policy = BatchPolicy(
             s.upstream.batch_max_events, s.upstream.batch_max_bytes, s.upstream.linger_ms / 1000
         )
-        self.counters = [_ClassCounters() for _ in CLASSES]
-        self.rejected: dict[str, int] = {}
-        self.frames = 0
-        self.events_in = 0
-        self.disconnects = 0
+        self.telemetry = Telemetry(
+            AgentIdentity(
+                agent_id=s.agent.id,
+                version=agent.__version__,
+                epoch=self.epoch,
+                started_at=self._started_wall,
+                budget_bytes=s.buffer.budget_bytes,
+                critical_reserve_bytes=s.buffer.critical_reserve_bytes,
+                spill_dir=s.spill.dir,
+            )
+        )
+        # Marks queues whose ring holds events from a previous run.
+        self.pressure = BufferPressure(self.queues, self.governor, self.store, self.telemetry)
         self.paused = False
         self._blocked_until = 0.0
         self._pending_since: list[float | None] = [None] * len(CLASSES)
         self._next_snapshot = 0.0
         self._next_flush = 0.0
         self._next_drop_log = 0.0
-        self._dropped_unlogged = [0] * len(CLASSES)
         interval = self.notifier.watchdog_interval_s()
         # Ping at half the interval (sd_watchdog_enabled(3)).
         self._watchdog_every = interval / 2 if interval else None
         self._next_watchdog = 0.0
-        self._drain_rate = 0.0  # events/s recovered, smoothed, for the ETA
-        self._rate_at: float | None = None
-        self._rate_recovered = 0
-        self._spilling = False
-        self.latency = LatencyRecorder()
-        # (events, arrival time) per ingest burst of critical events still in
-        # memory, in queue order: what the latency histogram measures against.
-        # Only kept while critical holds nothing on disk; a critical spill (its
-        # memory full) makes them ambiguous, so they are dropped until the
-        # queue is empty again.
-        self._critical_arrivals: collections.deque[list[float]] = collections.deque()
-        self._arrivals_valid = True
-        for cls in CLASSES:
-            if self.store.pending(cls):
-                # Recovered from a previous run: new events queue behind them.
-                self.queues[cls].hold_back = True
         stats = self.store.statistics()
         if stats.pending_events or stats.corrupt_records:
             log.info(
@@ -338,7 +296,13 @@ class Agent:
         (class rules, batching, log level). Queued events keep their class and
         their order; new rules apply to events decoded from now on. Anything
         else that changed is logged as needing a restart and is not applied."""
-        from agent.config import RELOADABLE, ConfigError, changed_keys, load_config
+        from agent.config import (
+            RELOADABLE,
+            ConfigError,
+            apply_reloadable,
+            changed_keys,
+            load_config,
+        )
 
         self._reload_requested = False
         try:
@@ -358,24 +322,11 @@ class Agent:
         changed = changed_keys(self.settings, new)
         applied = [k for k in changed if k in RELOADABLE]
         restart = [k for k in changed if k not in RELOADABLE]
-        old = self.settings
         self.decoder.set_rules(new.classes)
         u = new.upstream
         self.policy = BatchPolicy(u.batch_max_events, u.batch_max_bytes, u.linger_ms / 1000)
         logging.getLogger().setLevel(new.agent.log_level.upper())
-        # Keep what was not applied as it runs, so the next reload compares
-        # against the truth and repeats the restart warning.
-        self.settings = dataclasses.replace(
-            old,
-            agent=dataclasses.replace(old.agent, log_level=new.agent.log_level),
-            upstream=dataclasses.replace(
-                old.upstream,
-                batch_max_events=u.batch_max_events,
-                batch_max_bytes=u.batch_max_bytes,
-                linger_ms=u.linger_ms,
-            ),
-            classes=new.classes,
-        )
+        self.settings = apply_reloadable(self.settings, new)
         log.info(
             "SIGHUP: reloaded %s: applied %s", self.config_path, ", ".join(applied) or "nothing"
         )
@@ -425,7 +376,7 @@ class Agent:
         now = time.monotonic()
         # Publish before making room: what can leave should not be spilled.
         self._publish(now)
-        self._make_room()
+        self._set_paused(not self.pressure.make_room(now))
         self._drain(now)
         self._timers(now)
         return got
@@ -434,7 +385,7 @@ class Agent:
         timeout = min(IDLE_POLL_S, max(0.0, self._next_snapshot - now))
         if self.paused:
             # Ingest is not polled while paused; look again soon.
-            timeout = min(timeout, 0.01)
+            timeout = min(timeout, PAUSED_POLL_S)
         if self._blocked_until > now:
             return min(timeout, self._blocked_until - now)
         deliverable = self.upstream.deliverable
@@ -446,55 +397,40 @@ class Agent:
                 wait = self.policy.wait_s(cls, q.front_events, q.front_bytes, waited)
                 if wait is not None:
                     timeout = min(timeout, wait)
-            if q.hold_back and self._can_drain(cls):
+            if q.hold_back and self.pressure.can_drain(cls, deliverable[cls]):
                 timeout = 0.0
         return timeout
 
     # -- ingest ----------------------------------------------------------------
 
     def _ingest(self) -> bool:
+        """One ingest burst from the PULL socket. Returns True if any frame
+        was read. The seams: `_read_burst` (one socket; a second PULL read
+        first would call it too) and `_accept` (decoded events into their
+        queues, whatever read and decoded them)."""
         arrived = time.monotonic()  # the frames of this burst were here by now
-        recv = self.pull.recv
-        more = self.pull.getsockopt
-        frames: list[bytes] = []
-        nbytes = 0
-        multipart = 0
-        for _ in range(INGEST_MAX_FRAMES):
-            try:
-                frame = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if more(zmq.RCVMORE):
-                # A multipart message is rejected whole (INTERFACE.md). Its parts
-                # arrive together, so reading the rest cannot block.
-                while more(zmq.RCVMORE):
-                    recv()
-                multipart += 1
-                continue
-            frames.append(frame)
-            nbytes += len(frame)
-            if nbytes >= INGEST_MAX_BYTES:
-                break
+        frames, multipart = _read_burst(self.pull)
         if multipart:
-            self.rejected[MULTIPART] = self.rejected.get(MULTIPART, 0) + multipart
+            self.telemetry.reject(MULTIPART, multipart)
         if not frames:
             return multipart > 0
-        result = self.decoder.decode_frames(frames)
-        self.frames += len(frames)
-        self.events_in += result.accepted
-        for reason, n in result.rejected.items():
-            self.rejected[reason] = self.rejected.get(reason, 0) + n
+        self._accept(self.decoder.decode_frames(frames), len(frames), arrived)
+        return True
+
+    def _accept(self, result: DecodeResult, frames: int, arrived: float) -> None:
+        """Count a decoded burst and queue its events by class."""
+        telemetry = self.telemetry
+        telemetry.ingested(frames, result.accepted, result.rejected)
         now = time.monotonic()
         for cls, events in enumerate(result.events):
             if events:
                 q = self.queues[cls]
                 q.push_many(events)
-                self.counters[cls].received += len(events)
-                if cls == CRITICAL and self._arrivals_valid and not q.hold_back:
-                    self._critical_arrivals.append([len(events), arrived])
+                telemetry.classes[cls].received += len(events)
+                if cls == CRITICAL and not q.hold_back:
+                    telemetry.critical_arrived(len(events), arrived)
                 if self._pending_since[cls] is None and q.front_events:
                     self._pending_since[cls] = now
-        return True
 
     def _read_monitor(self) -> None:
         while True:
@@ -506,95 +442,24 @@ class Agent:
                 continue  # a refused handshake, counted by the guard
             # Only EVENT_DISCONNECTED is subscribed: a collector went away, or
             # ZeroMQ dropped it for a frame over max_frame_bytes.
-            self.disconnects += 1
+            self.telemetry.disconnected()
 
-    # -- memory: make room, spill, evict -------------------------------------------
-
-    def _noncritical_alloc(self) -> int:
-        return sum(self.queues[c].alloc_bytes for c in CLASSES if c != CRITICAL)
-
-    def _make_room(self) -> None:
-        """Keep the non-critical classes within their limit (spilling lowest
-        first, evicting only when disk is full too), keep room for one more
-        ingest burst (spilling critical if it alone fills memory), and pause
-        ingest when even that is impossible."""
-        gov = self.governor
-        self._spilling = False
-        excess = self._noncritical_alloc() - gov.noncritical_limit
-        while excess > 0:
-            freed = self._spill_one(NONCRITICAL_LOWEST_FIRST) or self._evict_one()
-            if not freed:
-                break
-            excess -= freed
-        pool = self.queues.pool
-        while not gov.can_admit(pool.in_use_bytes) and self._spill_one((CRITICAL,)):
-            pass
-        paused = not gov.can_admit(pool.in_use_bytes)
-        if paused != self.paused:
-            self.paused = paused
-            self._poller.modify(self.pull, 0 if paused else zmq.POLLIN)
-            if paused:
-                log.warning(
-                    "buffers full (%d bytes in use, budget %d) and critical events fill "
-                    "the spill ring: not reading ingest until there is room",
-                    pool.in_use_bytes,
-                    gov.budget_bytes,
-                )
-            else:
-                log.info("ingest resumed")
-
-    def _spill_one(self, classes: tuple[int, ...]) -> int:
-        """Move one chunk of the first class in `classes` that can spill. Returns bytes freed."""
-        for cls in classes:
-            q = self.queues[cls]
-            chunk = q.spill_candidate()
-            if chunk is None:
-                continue
-            if chunk.held_bytes + 4 * chunk.events > self.store.max_batch_bytes(cls):
-                continue  # larger than a ring record can be (config prevents it)
-            # A copy, not a view: a view would pin the chunk's mmap open.
-            blob, ends = chunk.remaining()
-            push = self.store.push_front if q.spills_ahead_of_ring(chunk) else self.store.push_back
-            if push(cls, blob, ends):
-                if cls == CRITICAL:
-                    self._critical_arrivals.clear()
-                    self._arrivals_valid = False
-                self.counters[cls].spilled += len(ends)
-                freed = chunk.capacity
-                q.commit_spill(chunk)
-                self._spilling = True
-                return freed
-        return 0
-
-    def _evict_one(self) -> int:
-        """Memory and disk are full: drop the oldest events of the lowest class
-        that holds any. Critical is never evicted (ingest pauses instead), so
-        it never is while a lower class holds data. Returns memory bytes freed."""
-        for cls in NONCRITICAL_LOWEST_FIRST:
-            q = self.queues[cls]
-            if not q.events:
-                continue
-            if not q.front and self.store.pending(cls):
-                # The class's oldest events are on disk (behind nothing in
-                # memory): drop them there, and move memory into the freed room.
-                n = self.store.drop_front(cls)
-                self._count_dropped(cls, n)
-                return self._spill_one((cls,))
-            chunk = q.evict_oldest()
-            assert chunk is not None
-            if chunk.token is not None:
-                self.store.release_read(cls)
-            self._count_dropped(cls, chunk.events)
-            freed = chunk.capacity
-            q.recycle(chunk)
-            return freed
-        return 0
-
-    def _count_dropped(self, cls: int, n: int) -> None:
-        self.counters[cls].dropped += n
-        # Logged once a second by _timers, not per chunk: at 500k events/s
-        # per-chunk warnings would be hundreds of lines a second.
-        self._dropped_unlogged[cls] += n
+    def _set_paused(self, paused: bool) -> None:
+        """Stop (or resume) polling ingest: the buffer policy found no room for
+        one more burst (critical alone fills memory and its ring)."""
+        if paused == self.paused:
+            return
+        self.paused = paused
+        self._poller.modify(self.pull, 0 if paused else zmq.POLLIN)
+        if paused:
+            log.warning(
+                "buffers full (%d bytes in use, budget %d) and critical events fill "
+                "the spill ring: not reading ingest until there is room",
+                self.queues.pool.in_use_bytes,
+                self.governor.budget_bytes,
+            )
+        else:
+            log.info("ingest resumed")
 
     # -- publish -----------------------------------------------------------------
 
@@ -616,7 +481,7 @@ class Agent:
                 since = self._pending_since[cls] = now
             if not policy.due(cls, q.front_events, q.front_bytes, now - since):
                 continue
-            counters = self.counters[cls]
+            counters = self.telemetry.classes[cls]
             while q.front_events:
                 body, count = q.peek_batch(max_events, max_bytes)
                 if not up.send_batch(cls, body, count):
@@ -632,7 +497,8 @@ class Agent:
                     q.recycle(emptied)
                 counters.delivered += count
                 if cls == CRITICAL:
-                    self._observe_critical(count, now)
+                    # The hand-off itself, not the turn's start.
+                    self.telemetry.critical_delivered(count, time.monotonic(), not q.events)
                 sends += 1
                 if sends >= PUBLISH_MAX_SENDS:
                     self._pending_since[cls] = now if q.front_events else None
@@ -641,67 +507,14 @@ class Agent:
                     break  # a partial batch left: it lingers from now
             self._pending_since[cls] = now if q.front_events else None
 
-    def _observe_critical(self, count: int, now: float) -> None:
-        now = time.monotonic()  # the hand-off itself, not the turn's start
-        arrivals = self._critical_arrivals
-        while count and arrivals:
-            mark = arrivals[0]
-            n = min(count, int(mark[0]))
-            self.latency.observe(now - mark[1], n)
-            count -= n
-            mark[0] -= n
-            if not mark[0]:
-                arrivals.popleft()
-        if not self.queues[CRITICAL].events:
-            self._critical_arrivals.clear()
-            self._arrivals_valid = True
-
     # -- drain -----------------------------------------------------------------
 
-    def _can_drain(self, cls: int) -> bool:
-        """Read back from disk only what memory can take without spilling it
-        again next turn (two chunks below the spill threshold), and only for a
-        class some subscriber wants: with nobody to deliver to, data read back
-        would only compete for memory with what keeps arriving."""
-        q = self.queues[cls]
-        if q.front_bytes >= DRAIN_LOW_WATER or not self.store.pending(cls):
-            return False
-        if not self.upstream.deliverable[cls]:
-            return False
-        gov = self.governor
-        if cls == CRITICAL:
-            return gov.can_admit(self.queues.pool.in_use_bytes + 2 * CHUNK_BYTES)
-        used = self._noncritical_alloc()
-        if used + 2 * CHUNK_BYTES <= gov.noncritical_limit:
-            return True
-        # Memory is near the threshold with data queued behind the ring: until
-        # the ring drains, none of this class can be published. Take one record
-        # anyway (never out of the critical reserve); _make_room then moves
-        # other data out, or, with disk full too, evicts the oldest.
-        return (
-            q.front_events == 0
-            and used + CHUNK_BYTES <= gov.budget_bytes - gov.critical_reserve_bytes
-        )
-
     def _drain(self, now: float) -> None:
+        if not self.pressure.drain(now, self.upstream.deliverable):
+            return
         for cls in CLASSES:
-            q = self.queues[cls]
-            if not q.hold_back:
-                continue
-            moved = 0
-            while self._can_drain(cls):
-                batch = self.store.read_next(cls)
-                if batch is None:
-                    break
-                q.push_recovered(batch.blob, batch.ends, token=True)
-                self.counters[cls].recovered += batch.count
-                moved += batch.count
-                if self._pending_since[cls] is None:
-                    self._pending_since[cls] = now
-            if not self.store.pending(cls):
-                q.merge_back()
-                if self._pending_since[cls] is None and q.front_events:
-                    self._pending_since[cls] = now
+            if self._pending_since[cls] is None and self.queues[cls].front_events:
+                self._pending_since[cls] = now
 
     # -- timers ----------------------------------------------------------------
 
@@ -719,26 +532,18 @@ class Agent:
         if now >= self._next_flush and self.store.flush(FLUSH_STEP_BYTES):
             self._next_flush = now + self.settings.spill.flush_interval_ms / 1000
         if now >= self._next_drop_log:
-            self._next_drop_log = now + 1.0
-            for cls, n in enumerate(self._dropped_unlogged):
+            self._next_drop_log = now + DROP_LOG_EVERY_S
+            for cls, n in enumerate(self.telemetry.take_unlogged_drops()):
                 if n:
                     log.warning(
                         "memory and spill both full: evicted %d oldest %s events",
                         n,
                         EventClass(cls).wire_name,
                     )
-                    self._dropped_unlogged[cls] = 0
         if now >= self._next_snapshot:
-            self._update_drain_rate(now)
+            self.telemetry.update_drain_rate(now)
             pool = self.queues.pool
-            draining = any(q.hold_back for q in self.queues.by_class)
-            keep = self.governor.observe(
-                now,
-                pool.in_use_bytes,
-                pool.allocated_bytes,
-                spilling=self._spilling,
-                draining=draining,
-            )
+            keep = self.governor.observe(now, pool.in_use_bytes, pool.allocated_bytes)
             if keep is not None:
                 freed = pool.trim(keep)
                 memory.trim()
@@ -747,88 +552,22 @@ class Agent:
             self._publish_snapshot(now)
             self._next_snapshot = now + SNAPSHOT_EVERY_S
 
-    def _update_drain_rate(self, now: float) -> None:
-        """Events read back from disk per second, smoothed over ~2 s, for the
-        technician's drain ETA. Zero while nothing drains (no subscriber)."""
-        recovered = sum(c.recovered for c in self.counters)
-        if self._rate_at is not None and now > self._rate_at:
-            rate = (recovered - self._rate_recovered) / (now - self._rate_at)
-            # The first measurement is taken as is; then smoothed over ~2 s.
-            alpha = 1.0 if not self._drain_rate else min(1.0, (now - self._rate_at) / 2.0)
-            self._drain_rate += alpha * (rate - self._drain_rate)
-        self._rate_at = now
-        self._rate_recovered = recovered
-
     def _publish_snapshot(self, now: float) -> None:
-        self._snapshot = self._build_snapshot(now)
-
-    def _build_snapshot(self, now: float) -> Snapshot:
-        """Everything a person may ask, from each component's statistics().
-        Only called once sockets, queues and the store exist (_opened)."""
-        s = self.settings
-        queues = self.queues
-        store_stats = self.store.statistics()
-        classes = tuple(
-            ClassStats(
-                received=c.received,
-                queued=q.events,
-                queued_bytes=q.bytes,
-                spilled=c.spilled,
-                pending=per.pending_events,
-                pending_bytes=per.pending_bytes,
-                delivered=c.delivered,
-                dropped=c.dropped,
-            )
-            for c, q, per in zip(self.counters, queues.by_class, store_stats.classes, strict=True)
-        )
-        gov = self.governor.statistics()
-        pending = store_stats.pending_events
+        """Swap in a fresh snapshot for the HTTP thread. Only called once
+        sockets, queues and the store exist (_open)."""
         curve = self.guard.statistics()
-        eta = None
-        if pending and self._drain_rate >= 1.0:
-            eta = round(pending / self._drain_rate, 1)
-        return Snapshot(
-            agent_id=s.agent.id,
-            version=agent.__version__,
-            epoch=self.epoch,
+        self._snapshot = self.telemetry.snapshot(
+            now,
+            time.time(),
             state=self._state,
-            started_at=self._started_wall,
-            taken_at=time.time(),
-            loop_monotonic=now,
-            classes=classes,
-            buffer=BufferStats(
-                used_bytes=queues.used_bytes,
-                allocated_bytes=queues.pool.allocated_bytes,
-                capacity_bytes=gov.capacity_bytes,
-                budget_bytes=s.buffer.budget_bytes,
-                critical_reserve_bytes=s.buffer.critical_reserve_bytes,
-                state=gov.state.value,
-            ),
-            spill=SpillStats(
-                enabled=True,
-                dir=s.spill.dir,
-                spilled_events=sum(c.spilled for c in self.counters),
-                pending_events=pending,
-                pending_bytes=store_stats.pending_bytes,
-                recovered_events=sum(c.recovered for c in self.counters),
-                file_bytes=store_stats.file_bytes,
-                corrupt_records=store_stats.corrupt_records,
-                flushes=store_stats.flushes,
-                drain_eta_s=eta,
-            ),
-            ingest=IngestStats(
-                frames=self.frames,
-                events=self.events_in,
-                rejected_total=sum(self.rejected.values()),
-                rejected_by_reason=tuple(sorted(self.rejected.items())),
-                disconnects=self.disconnects,
-                paused=self.paused,
-                unauthorized=curve.ingest.unauthorized,
-            ),
+            queues=self.queues,
+            store=self.store.statistics(),
+            governor=self.governor.statistics(),
             upstream=dataclasses.replace(
                 self.upstream.statistics(), unauthorized=curve.upstream.unauthorized
             ),
-            critical_latency=self.latency.snapshot(),
+            ingest_unauthorized=curve.ingest.unauthorized,
+            paused=self.paused,
         )
 
     # -- stop --------------------------------------------------------------------
@@ -840,7 +579,7 @@ class Agent:
         self.notifier.stopping("stopping: parking events on disk")
         # Accepting (<= 3 s) then parking up to the whole budget and an msync:
         # ask systemd for time beyond TimeoutStopSec if it is short.
-        self.notifier.extend_timeout(60_000_000)
+        self.notifier.extend_timeout(STOP_EXTEND_US)
         log.info("stopping: accepting until ingest is quiet")
         start = last_frame = time.monotonic()
         while True:
@@ -851,12 +590,12 @@ class Agent:
                 last_frame = time.monotonic()
         self._poller.unregister(self.pull)
         self.pull.close(0)
-        parked, lost = self._park_in_memory_events()
+        parked, lost = self.pressure.park_in_memory_events()
         self._next_drop_log = 0.0
         self._timers(time.monotonic())  # log what was evicted, once per class
         self.store.flush()
         self._publish_snapshot(time.monotonic())
-        delivered = sum(c.delivered for c in self.counters)
+        delivered = sum(c.delivered for c in self.telemetry.classes)
         if lost:
             log.error(
                 "stopped: %d delivered, %d events parked on disk, %d LOST (spill full)",
@@ -869,48 +608,33 @@ class Agent:
                 "stopped: %d delivered, %d events parked on disk, nothing lost", delivered, parked
             )
 
-    def _park_in_memory_events(self) -> tuple[int, int]:
-        """Move every event held in memory into the rings, keeping class order:
-        what sat ahead of the ring goes in front of it (newest first), what
-        queued behind it after it. Chunks read back from disk still own their
-        ring records: those are released (oldest first, as they were read) and
-        their undelivered rest is put back in front like any other."""
-        parked = lost = 0
-        for cls in CLASSES:
-            q = self.queues[cls]
-            front, back = q.drain_all()
-            for chunk in front:
-                if chunk.token is not None:
-                    self.store.release_read(cls)
-            for chunk in reversed(front):
-                n, ok = self._park(cls, chunk, front_side=True)
-                parked += n if ok else 0
-                lost += 0 if ok else n
-            for chunk in back:
-                n, ok = self._park(cls, chunk, front_side=False)
-                parked += n if ok else 0
-                lost += 0 if ok else n
-        return parked, lost
 
-    def _park(self, cls: int, chunk: Chunk, *, front_side: bool) -> tuple[int, bool]:
-        blob, ends = chunk.remaining()
-        self.queues[cls].recycle(chunk)
-        n = len(ends)
-        if not n:
-            return 0, True
-        push = self.store.push_front if front_side else self.store.push_back
-        while not push(cls, blob, ends):
-            # The class's share of the disk is full: memory and disk are both
-            # exhausted, so the oldest events go first (never these newer ones).
-            # Critical is never evicted; it is lost only if its ring is full.
-            evicted = 0 if (front_side or cls == CRITICAL) else self.store.drop_front(cls)
-            if not evicted:
-                self.counters[cls].dropped += n
-                self._dropped_unlogged[cls] += n
-                return n, False
-            self._count_dropped(cls, evicted)
-        self.counters[cls].spilled += n
-        return n, True
+def _read_burst(sock: zmq.Socket) -> tuple[list[bytes], int]:
+    """At most INGEST_MAX_FRAMES frames / INGEST_MAX_BYTES (plus the frame that
+    crosses it) without waiting: the single-frame messages, and how many
+    multipart messages were skipped whole."""
+    recv = sock.recv
+    more = sock.getsockopt
+    frames: list[bytes] = []
+    nbytes = 0
+    multipart = 0
+    for _ in range(INGEST_MAX_FRAMES):
+        try:
+            frame = recv(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        if more(zmq.RCVMORE):
+            # A multipart message is rejected whole (INTERFACE.md). Its parts
+            # arrive together, so reading the rest cannot block.
+            while more(zmq.RCVMORE):
+                recv()
+            multipart += 1
+            continue
+        frames.append(frame)
+        nbytes += len(frame)
+        if nbytes >= INGEST_MAX_BYTES:
+            break
+    return frames, multipart
 
 
 def run_agent(settings: Settings, config_path: str | None = None) -> int:
@@ -919,3 +643,8 @@ def run_agent(settings: Settings, config_path: str | None = None) -> int:
         return Agent(settings, config_path).run()
     except SpillError as e:
         raise StartupError(str(e)) from e
+    except KeyboardInterrupt:
+        # Ctrl-C in the instant before the agent's own SIGINT handler is in
+        # place (from then on it is a clean stop): no traceback.
+        log.warning("interrupted while starting")
+        return EXIT_INTERRUPTED

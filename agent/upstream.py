@@ -15,7 +15,11 @@ socket that carries it, and promises:
   refuse the send (EAGAIN) instead of dropping it, and `send_batch` then says
   "not now" so the events stay in the class queue;
 - to keep libzmq's and the kernel's queues shallow (small SNDHWM, bounded
-  SO_SNDBUF): what sits there is FIFO and ahead of the next critical alert.
+  SO_SNDBUF): what sits there is FIFO and ahead of the next critical alert;
+- to open whole or not at all: an endpoint that cannot be opened (port in
+  use, no such interface) raises EndpointError naming the key and the
+  endpoint, with the socket already closed (an open one would make
+  `ctx.term()` wait forever).
 
 The header is `{"agent", "epoch", "seq", "count"}`; seq counts messages per
 class from 1 in each epoch and only moves when a send succeeded, so a head-end
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import cbor2
 import zmq
@@ -36,6 +40,32 @@ from agent.settings import UpstreamSettings
 from agent.stats import UpstreamStats
 
 log = logging.getLogger("agent.upstream")
+
+
+class EndpointError(Exception):
+    """An endpoint cannot be opened (port in use, no such interface, bad
+    address). The message names the config key and the endpoint."""
+
+    def __init__(self, key: str, endpoint: str, reason: str) -> None:
+        super().__init__(f"cannot open {key} {endpoint}: {reason}")
+        self.key = key
+        self.endpoint = endpoint
+
+
+def open_endpoints(
+    sock: zmq.Socket, table: str, bind: Sequence[str], connect: Sequence[str]
+) -> None:
+    """Bind then connect `sock` to the endpoints of config table `table`
+    (`ingest`, `upstream`, ...). EndpointError names the first that fails; the
+    caller closes the socket."""
+    for key, endpoints, attach in (("bind", bind, sock.bind), ("connect", connect, sock.connect)):
+        for ep in endpoints:
+            try:
+                attach(ep)
+            except zmq.ZMQError as e:
+                # zmq.strerror: pyzmq's e.strerror repeats the address.
+                reason = zmq.strerror(e.errno) if e.errno is not None else str(e)
+                raise EndpointError(f"{table}.{key}", ep, reason) from e
 
 
 def encode_header(agent_id: str, epoch: int, seq: int, count: int) -> bytes:
@@ -62,18 +92,21 @@ class Upstream:
         self.agent_id = agent_id
         self.epoch = epoch
         sock = ctx.socket(zmq.XPUB)
-        sock.setsockopt(zmq.XPUB_NODROP, 1)
-        sock.setsockopt(zmq.SNDHWM, settings.sndhwm)
-        sock.setsockopt(zmq.SNDBUF, settings.sndbuf_bytes)
-        # close() must not block the stop sequence forever on a dead peer.
-        sock.setsockopt(zmq.LINGER, 2000)
+        try:
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+            sock.setsockopt(zmq.SNDHWM, settings.sndhwm)
+            sock.setsockopt(zmq.SNDBUF, settings.sndbuf_bytes)
+            # close() must not block the stop sequence forever on a dead peer.
+            sock.setsockopt(zmq.LINGER, 2000)
+            if secure is not None:
+                secure(sock)  # CURVE (agent/curve.py): before the first bind/connect
+            open_endpoints(sock, "upstream", settings.bind, settings.connect)
+        except BaseException:
+            # A socket left open makes ctx.term() wait for it forever: the
+            # agent would hang holding the spill-dir lock (a busy port did).
+            sock.close(0)
+            raise
         self.sock = sock
-        if secure is not None:
-            secure(sock)  # CURVE (agent/curve.py): before the first bind/connect
-        for ep in settings.bind:
-            sock.bind(ep)
-        for ep in settings.connect:
-            sock.connect(ep)
         self._seq = [0] * len(CLASSES)
         # Topic prefixes at least one connected subscriber holds.
         self._subscriptions: set[bytes] = set()
@@ -135,6 +168,7 @@ class Upstream:
         return True
 
     def close(self) -> None:
+        """Close the socket; pending messages get up to its LINGER (2 s)."""
         self.sock.close()
 
     def statistics(self) -> UpstreamStats:

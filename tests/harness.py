@@ -9,8 +9,10 @@ Waiting is always for a condition with a deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -43,19 +45,38 @@ def wait_for(
         time.sleep(interval)
 
 
+def toml_string(text: str) -> str:
+    """A TOML basic string for any text: quotes, backslashes and control
+    characters escaped (TOML 1.0 allows a raw tab, nothing else below 0x20)."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif (ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def toml_value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, (int, float)):
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"no TOML form for {v!r} in a config")
         return repr(v)
+    if isinstance(v, int):
+        return str(v)
     if isinstance(v, str):
-        return json.dumps(v)
+        return toml_string(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(v)
+    raise TypeError(f"no TOML form for {v!r}")
 
 
-def render_toml(doc: dict[str, dict[str, object]]) -> str:
+def render_toml(doc: dict[str, dict[str, Any]]) -> str:
+    """{table: {key: value}} -> TOML text; the one renderer the tests share."""
     lines = []
     for table, keys in doc.items():
         lines.append(f"[{table}]")
@@ -163,6 +184,12 @@ class AgentProcess:
     def kill(self) -> int:
         return self.stop(signal.SIGKILL)
 
+    def run_to_exit(self, timeout: float = 30.0) -> Exited:
+        """`agent run` on this config in the foreground, for a start expected
+        to fail: its status, stderr and how long it took (a hang fails the
+        test at `timeout`)."""
+        return run_agent_command(["run", "--config", self.config], timeout)
+
     # -- endpoint --------------------------------------------------------------
 
     def get(self, path: str = "/api/v1/gateway/backpressure") -> dict[str, Any]:
@@ -178,6 +205,26 @@ class AgentProcess:
             interval=0.05,
             what=what,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Exited:
+    returncode: int
+    stderr: str
+    seconds: float  # wall time from spawn to exit, interpreter start included
+
+
+def run_agent_command(args: list[str], timeout: float = 30.0) -> Exited:
+    """`python -m agent *args` to its end, stdout discarded."""
+    started = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+    )
+    return Exited(r.returncode, r.stderr, time.monotonic() - started)
 
 
 class Subscriber:
@@ -229,9 +276,11 @@ def short_tempdir() -> Iterator[str]:
 
 __all__ = [
     "AgentProcess",
+    "Exited",
     "Subscriber",
     "event",
     "render_toml",
+    "run_agent_command",
     "short_tempdir",
     "signal",
     "split_sequence",

@@ -912,3 +912,48 @@ def test_the_least_spill_is_the_checked_minimum() -> None:
     assert str(err) == "spill.max_bytes: must be an integer >= 4259840, got 4259839"
     # The store agrees: the smallest ring of that spill holds two chunks.
     assert min(ring_sizes(SPILL_MIN_BYTES)) - DATA_OFFSET == 2 * CHUNK_BYTES
+
+
+# ---------------------------------------------------------------------------
+# apply_reloadable: the settings a SIGHUP leaves running
+
+
+def test_apply_reloadable_takes_exactly_the_reloadable_keys() -> None:
+    from agent.config import apply_reloadable
+
+    running = parse_config_text(
+        '[agent]\nid = "gw"\nlog_level = "info"\n[upstream]\nbatch_max_events = 64\n'
+        'linger_ms = 5\n[ingest]\nrcvhwm = 100\n[spill]\ndir = "/s"\n'
+    )
+    new = parse_config_text(
+        '[agent]\nid = "gw-renamed"\nlog_level = "debug"\n'
+        "[upstream]\nbatch_max_events = 16\nbatch_max_bytes = 32768\nlinger_ms = 1\n"
+        'sndhwm = 9\n[ingest]\nrcvhwm = 7\n[spill]\ndir = "/s"\n'
+        '[classes]\ncritical = ["meltdown"]\n'
+    )
+    merged = apply_reloadable(running, new)
+    assert set(changed_keys(running, merged)) == {
+        "agent.log_level",
+        "upstream.batch_max_events",
+        "upstream.batch_max_bytes",
+        "upstream.linger_ms",
+        "classes.critical",
+    }
+    assert set(changed_keys(running, merged)) <= RELOADABLE
+    # What needs a restart keeps running as it was, and shows up again next time.
+    assert set(changed_keys(merged, new)) == {"agent.id", "ingest.rcvhwm", "upstream.sndhwm"}
+    assert merged.agent.id == "gw" and merged.ingest.rcvhwm == 100
+    assert merged.classes == new.classes
+    assert apply_reloadable(running, running) == running
+
+
+@given(valid_documents(), valid_documents())
+def test_apply_reloadable_invariants(
+    a: tuple[dict[str, dict[str, Any]], Settings], b: tuple[dict[str, dict[str, Any]], Settings]
+) -> None:
+    from agent.config import apply_reloadable
+
+    running, new = a[1], b[1]
+    merged = apply_reloadable(running, new)
+    assert set(changed_keys(running, merged)) <= RELOADABLE
+    assert not set(changed_keys(merged, new)) & RELOADABLE

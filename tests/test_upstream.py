@@ -5,6 +5,7 @@ polling the XPUB socket itself."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -14,7 +15,7 @@ import zmq
 
 from agent.classes import CLASS_TOPICS, CLASSES, EventClass
 from agent.settings import UpstreamSettings
-from agent.upstream import Upstream, encode_header
+from agent.upstream import EndpointError, Upstream, encode_header
 
 C, H, N, L = EventClass.CRITICAL, EventClass.HIGH, EventClass.NORMAL, EventClass.LOW
 ENDPOINT = "inproc://upstream"
@@ -24,16 +25,9 @@ NONE = [False] * len(CLASSES)
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def up(ctx: zmq.Context) -> Iterator[Upstream]:
+def up(zctx: zmq.Context) -> Iterator[Upstream]:
     settings = UpstreamSettings(bind=(ENDPOINT,), sndhwm=1, sndbuf_bytes=4096)
-    upstream = Upstream(ctx, settings, agent_id="gw-test", epoch=42)
+    upstream = Upstream(zctx, settings, agent_id="gw-test", epoch=42)
     yield upstream
     upstream.sock.setsockopt(zmq.LINGER, 0)
     upstream.close()
@@ -101,17 +95,17 @@ def test_no_subscriber_nothing_is_deliverable(up: Upstream) -> None:
 
 
 def test_subscribing_to_critical_makes_only_critical_deliverable(
-    ctx: zmq.Context, up: Upstream
+    zctx: zmq.Context, up: Upstream
 ) -> None:
-    s = sub(ctx, b"critical")
+    s = sub(zctx, b"critical")
     wait_until(up, lambda: up.deliverable[C], "critical subscription")
     assert up.deliverable == [True, False, False, False]
     assert up.subscribers == 1
     s.close()
 
 
-def test_subscribing_to_everything_makes_all_deliverable(ctx: zmq.Context, up: Upstream) -> None:
-    s = sub(ctx, b"")
+def test_subscribing_to_everything_makes_all_deliverable(zctx: zmq.Context, up: Upstream) -> None:
+    s = sub(zctx, b"")
     wait_until(up, lambda: all(up.deliverable), "subscription to all")
     assert up.deliverable == ALL
     s.close()
@@ -127,25 +121,25 @@ def test_subscribing_to_everything_makes_all_deliverable(ctx: zmq.Context, up: U
     ],
 )
 def test_subscriptions_match_by_prefix(
-    ctx: zmq.Context, up: Upstream, prefix: bytes, expected: list[bool]
+    zctx: zmq.Context, up: Upstream, prefix: bytes, expected: list[bool]
 ) -> None:
-    s = sub(ctx, prefix)
+    s = sub(zctx, prefix)
     wait_until(up, lambda: any(up.deliverable), "a prefix subscription")
     assert up.deliverable == expected
     s.close()
 
 
-def test_longer_topic_than_class_matches_nothing(ctx: zmq.Context, up: Upstream) -> None:
+def test_longer_topic_than_class_matches_nothing(zctx: zmq.Context, up: Upstream) -> None:
     # b"criticality" is not a prefix of b"critical"; b"low" after it is the marker
     # that both subscriptions were processed (one pipe delivers in order).
-    s = sub(ctx, b"criticality", b"low")
+    s = sub(zctx, b"criticality", b"low")
     wait_until(up, lambda: up.deliverable[L], "the marker subscription")
     assert up.deliverable == [False, False, False, True]
     s.close()
 
 
-def test_unsubscribe_makes_it_undeliverable_again(ctx: zmq.Context, up: Upstream) -> None:
-    s = sub(ctx, b"critical", b"high")
+def test_unsubscribe_makes_it_undeliverable_again(zctx: zmq.Context, up: Upstream) -> None:
+    s = sub(zctx, b"critical", b"high")
     wait_until(up, lambda: up.deliverable[C] and up.deliverable[H], "two subscriptions")
     s.unsubscribe(b"critical")
     wait_until(up, lambda: not up.deliverable[C], "critical unsubscribed")
@@ -155,8 +149,8 @@ def test_unsubscribe_makes_it_undeliverable_again(ctx: zmq.Context, up: Upstream
     assert up.subscribers == 0
 
 
-def test_disconnect_makes_it_undeliverable_again(ctx: zmq.Context, up: Upstream) -> None:
-    s = sub(ctx, b"")
+def test_disconnect_makes_it_undeliverable_again(zctx: zmq.Context, up: Upstream) -> None:
+    s = sub(zctx, b"")
     wait_until(up, lambda: all(up.deliverable), "subscription to all")
     s.close()
     wait_until(up, lambda: not any(up.deliverable), "the disconnect")
@@ -164,10 +158,10 @@ def test_disconnect_makes_it_undeliverable_again(ctx: zmq.Context, up: Upstream)
 
 
 def test_one_of_two_subscribers_leaving_keeps_the_class_deliverable(
-    ctx: zmq.Context, up: Upstream
+    zctx: zmq.Context, up: Upstream
 ) -> None:
-    a = sub(ctx, b"critical")
-    b = sub(ctx, b"critical", b"low")
+    a = sub(zctx, b"critical")
+    b = sub(zctx, b"critical", b"low")
     wait_until(up, lambda: up.deliverable[C] and up.deliverable[L], "both subscribers")
     a.close()
     b.unsubscribe(b"low")  # a marker: b's pipe is processed after a's disconnect
@@ -180,7 +174,7 @@ def test_one_of_two_subscribers_leaving_keeps_the_class_deliverable(
 
 
 def test_duplicate_subscription_from_one_peer_is_forgotten_when_it_leaves(
-    ctx: zmq.Context, up: Upstream
+    zctx: zmq.Context, up: Upstream
 ) -> None:
     """A SUB that subscribes to the same topic twice (a reconnect helper that
     re-subscribes, say) and then disconnects leaves no subscriber behind.
@@ -191,7 +185,7 @@ def test_duplicate_subscription_from_one_peer_is_forgotten_when_it_leaves(
     and libzmq then discards every critical message sent (FACTS.md: a PUB with
     no matching subscriber drops silently) while send_batch reports success.
     """
-    s = sub(ctx, b"critical", b"critical", b"low")
+    s = sub(zctx, b"critical", b"critical", b"low")
     # One pipe delivers in order: low seen => both critical subscribes seen.
     wait_until(up, lambda: up.deliverable[L], "the subscriptions")
     assert up.deliverable == [True, False, False, True]
@@ -202,8 +196,8 @@ def test_duplicate_subscription_from_one_peer_is_forgotten_when_it_leaves(
     assert up.deliverable == NONE, "critical still deliverable with no subscriber left"
 
 
-def test_data_from_a_peer_is_not_a_subscription(ctx: zmq.Context, up: Upstream) -> None:
-    x = ctx.socket(zmq.XSUB)
+def test_data_from_a_peer_is_not_a_subscription(zctx: zmq.Context, up: Upstream) -> None:
+    x = zctx.socket(zmq.XSUB)
     x.setsockopt(zmq.LINGER, 0)
     x.connect(ENDPOINT)
     x.send(b"hello")  # first byte neither 0 nor 1: passed up as data by libzmq
@@ -218,9 +212,9 @@ def test_data_from_a_peer_is_not_a_subscription(ctx: zmq.Context, up: Upstream) 
 
 
 def test_seq_starts_at_one_per_class_and_messages_have_three_frames(
-    ctx: zmq.Context, up: Upstream
+    zctx: zmq.Context, up: Upstream
 ) -> None:
-    s = sub(ctx, b"")
+    s = sub(zctx, b"")
     wait_until(up, lambda: all(up.deliverable), "subscription to all")
     sends = [(C, b"\xa0", 1), (L, b"\xa0\xa0", 2), (C, b"\xa1", 1), (H, b"", 0), (C, b"x", 1)]
     for cls, body, count in sends:
@@ -243,8 +237,8 @@ def test_seq_starts_at_one_per_class_and_messages_have_three_frames(
     assert (st.messages, st.events, st.blocked) == (5, 5, 0)
 
 
-def test_a_filtered_subscriber_gets_only_its_class(ctx: zmq.Context, up: Upstream) -> None:
-    s = sub(ctx, b"critical")
+def test_a_filtered_subscriber_gets_only_its_class(zctx: zmq.Context, up: Upstream) -> None:
+    s = sub(zctx, b"critical")
     wait_until(up, lambda: up.deliverable[C], "critical subscription")
     # Sent while nobody wants low: libzmq drops it (the loop never does this;
     # here it shows that the topic frame is what the SUB filters on).
@@ -256,9 +250,9 @@ def test_a_filtered_subscriber_gets_only_its_class(ctx: zmq.Context, up: Upstrea
 
 
 def test_slow_subscriber_refuses_sends_without_advancing_seq(
-    ctx: zmq.Context, up: Upstream
+    zctx: zmq.Context, up: Upstream
 ) -> None:
-    s = sub(ctx, b"", rcvhwm=1)
+    s = sub(zctx, b"", rcvhwm=1)
     wait_until(up, lambda: all(up.deliverable), "subscription to all")
     sent = 0
     # sndhwm=1 + rcvhwm=1 over inproc: the pipe holds a couple of messages.
@@ -290,3 +284,34 @@ def test_slow_subscriber_refuses_sends_without_advancing_seq(
     # Other classes count independently.
     assert up.send_batch(C, b"c", 1)
     assert header_of(recv_message(s))["seq"] == 1
+
+
+# ------------------------------------------------------------ opening (issue 8)
+
+
+@pytest.mark.parametrize(
+    ("bind", "connect", "key", "bad"),
+    [
+        (("inproc://taken",), (), "upstream.bind", "inproc://taken"),
+        (("inproc://fine", "inproc://taken"), (), "upstream.bind", "inproc://taken"),
+        ((), ("nonsense://x",), "upstream.connect", "nonsense://x"),
+    ],
+)
+def test_an_endpoint_that_cannot_open_is_named_and_nothing_stays_open(
+    bind: tuple[str, ...], connect: tuple[str, ...], key: str, bad: str
+) -> None:
+    """The socket whose bind raised used to stay open, and ctx.term() then
+    waited for it forever (a busy port hung the agent holding the spill lock)."""
+    ctx = zmq.Context()
+    holder = ctx.socket(zmq.PUB)
+    holder.bind("inproc://taken")
+    settings = UpstreamSettings(bind=bind, connect=connect, sndhwm=1, sndbuf_bytes=4096)
+    with pytest.raises(EndpointError) as e:
+        Upstream(ctx, settings, agent_id="gw-test", epoch=1)
+    assert e.value.key == key and e.value.endpoint == bad
+    assert str(e.value).startswith(f"cannot open {key} {bad}: ")
+    holder.close(0)
+    term = threading.Thread(target=ctx.term, daemon=True)
+    term.start()
+    term.join(TIMEOUT_S)
+    assert not term.is_alive(), "ctx.term() waits for a socket Upstream left open"

@@ -13,6 +13,7 @@ from agent.spill.store import (
     SpilledBatch,
     SpillStore,
     SpillStoreStats,
+    next_epoch,
     ring_sizes,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "SpillStore",
     "SpillStoreStats",
     "SpilledBatch",
+    "next_epoch",
     "ring_sizes",
 ]

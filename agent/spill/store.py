@@ -405,3 +405,25 @@ def _check_space(dir: str, paths: list[str], sizes: Sequence[int], max_bytes: in
             f"spill dir {dir}: [spill] max_bytes {max_bytes} needs {need} more bytes "
             f"preallocated but only {available} bytes are available on its filesystem"
         )
+
+
+def next_epoch(spill_dir: str, now_ms: int) -> int:
+    """A new epoch, larger than every earlier one on this box.
+
+    Wall-clock milliseconds, but never below the last epoch + 1 recorded in the
+    spill dir (file `epoch`, replaced atomically after an fsync): a gateway
+    without an RTC can boot with its clock in 1970 and the head-end must still
+    see a new epoch.
+    """
+    path = os.path.join(spill_dir, "epoch")
+    last = 0
+    with contextlib.suppress(FileNotFoundError, ValueError), open(path, encoding="ascii") as f:
+        last = int(f.read().strip() or 0)
+    epoch = max(now_ms, last + 1)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{epoch}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return epoch

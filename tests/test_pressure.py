@@ -1,0 +1,488 @@
+"""agent/pressure.py: the buffer policy over real class queues and a real
+governor, with an in-memory fake of the spill store and a fake clock (no
+files, no sockets, no sleeps).
+
+The fake store keeps the real one's contract, including its refusals
+(push_front or drop_front while a record is read but unreleased raise), and
+counts room in bytes the way a ring does (blob + 4 bytes per event).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from agent.classes import CLASSES, EventClass
+from agent.governor import BufferGovernor
+from agent.pressure import DRAIN_LOW_WATER, BufferPressure
+from agent.queues import CHUNK_BYTES, ClassQueues
+from agent.telemetry import AgentIdentity, Telemetry
+
+C, H, N, L = (
+    int(c) for c in (EventClass.CRITICAL, EventClass.HIGH, EventClass.NORMAL, EventClass.LOW)
+)
+ALL = [True] * len(CLASSES)
+NONE = [False] * len(CLASSES)
+
+BUDGET = 16 * CHUNK_BYTES
+RESERVE = 2 * CHUNK_BYTES
+BURST = 2 * CHUNK_BYTES  # one chunk of events plus a partial tail
+EVENT_PAD = 4000  # ~4 KiB events: ~64 to a chunk, so memory fills in a few steps
+MAX_BATCH = 4 * CHUNK_BYTES
+
+
+# ----------------------------------------------------------------- the fakes
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    blob: bytes
+    ends: list[int]
+    count: int
+
+
+Record = tuple[bytes, list[int]]
+
+
+class FakeSpillStore:
+    """The SpillStore methods the policy uses, over deques. `capacity` is the
+    room per class in ring bytes (blob + 4 per event)."""
+
+    def __init__(self, capacity: Sequence[int]) -> None:
+        self.capacity = list(capacity)
+        self.unread: list[collections.deque[Record]] = [collections.deque() for _ in CLASSES]
+        self.read: list[collections.deque[Record]] = [collections.deque() for _ in CLASSES]
+
+    @staticmethod
+    def _size(rec: Record) -> int:
+        return len(rec[0]) + 4 * len(rec[1])
+
+    def _room(self, cls: int) -> int:
+        used = sum(map(self._size, self.unread[cls])) + sum(map(self._size, self.read[cls]))
+        return self.capacity[cls] - used
+
+    def max_batch_bytes(self, cls: int) -> int:
+        return MAX_BATCH
+
+    def push_back(self, cls: int, blob: bytes, ends: Sequence[int]) -> bool:
+        rec = (bytes(blob), list(ends))
+        assert rec[1] and rec[1][-1] == len(rec[0])
+        if self._size(rec) > self._room(cls):
+            return False
+        self.unread[cls].append(rec)
+        return True
+
+    def push_front(self, cls: int, blob: bytes, ends: Sequence[int]) -> bool:
+        if self.read[cls]:
+            raise RuntimeError("push_front with records read but unreleased")
+        rec = (bytes(blob), list(ends))
+        if self._size(rec) > self._room(cls):
+            return False
+        self.unread[cls].appendleft(rec)
+        return True
+
+    def read_next(self, cls: int) -> Batch | None:
+        if not self.unread[cls]:
+            return None
+        rec = self.unread[cls].popleft()
+        self.read[cls].append(rec)
+        return Batch(rec[0], rec[1], len(rec[1]))
+
+    def release_read(self, cls: int) -> None:
+        if not self.read[cls]:
+            raise RuntimeError("release_read with nothing read")
+        self.read[cls].popleft()
+
+    def drop_front(self, cls: int) -> int:
+        if self.read[cls]:
+            raise RuntimeError("drop_front with records read but unreleased")
+        if not self.unread[cls]:
+            return 0
+        return len(self.unread[cls].popleft()[1])
+
+    def pending(self, cls: int) -> int:
+        return sum(len(ends) for _, ends in self.unread[cls])
+
+    def events(self, cls: int) -> list[bytes]:
+        """Every event on disk, oldest first (read ones first)."""
+        return [e for rec in (*self.read[cls], *self.unread[cls]) for e in split(rec[0])]
+
+
+def make_event(cls: int, seq: int, pad: int = EVENT_PAD) -> bytes:
+    return b"%d.%08d" % (cls, seq) + b"x" * pad + b"|"
+
+
+def split(body: bytes) -> list[bytes]:
+    return [e + b"|" for e in body.split(b"|")[:-1]]
+
+
+def seq_of(event: bytes) -> int:
+    return int(event[2:10])
+
+
+def telemetry() -> Telemetry:
+    return Telemetry(AgentIdentity("gw", "0", 1, 0.0, BUDGET, RESERVE, "/spill"))
+
+
+class Rig:
+    """Queues + governor + fake store + telemetry + the policy, and the loop's
+    part (ingest, publish) done by hand."""
+
+    def __init__(
+        self,
+        disk: Sequence[int] = (8 * CHUNK_BYTES,) * 4,
+        budget: int = BUDGET,
+        reserve: int = RESERVE,
+    ) -> None:
+        self.budget, self.reserve = budget, reserve
+        self.queues = ClassQueues()
+        self.governor = self.new_governor()
+        self.store = FakeSpillStore(disk)
+        self.telemetry = telemetry()
+        self.pressure = BufferPressure(self.queues, self.governor, self.store, self.telemetry)
+        self.seq = [0] * len(CLASSES)
+        self.delivered: list[list[bytes]] = [[] for _ in CLASSES]
+
+    def new_governor(self) -> BufferGovernor:
+        return BufferGovernor(self.budget, self.reserve, 60.0, 8 * CHUNK_BYTES, burst_bytes=BURST)
+
+    def ingest(self, cls: int, n: int, pad: int = EVENT_PAD) -> list[bytes]:
+        events = [make_event(cls, self.seq[cls] + i, pad) for i in range(n)]
+        self.seq[cls] += n
+        self.queues[cls].push_many(events)
+        self.telemetry.classes[cls].received += n
+        return events
+
+    def publish(self, cls: int, max_events: int = 1000) -> int:
+        q = self.queues[cls]
+        if not q.front_events:
+            return 0
+        body, count = q.peek_batch(max_events, 1 << 30)
+        self.delivered[cls].extend(split(body))
+        emptied = q.consume(count)
+        if emptied is not None:
+            self.store.release_read(cls)
+            q.recycle(emptied)
+        self.telemetry.classes[cls].delivered += count
+        return count
+
+    def publish_all(self, cls: int) -> None:
+        while self.publish(cls):
+            pass
+
+    def accounted(self, cls: int) -> int:
+        c = self.telemetry.classes[cls]
+        return c.delivered + self.queues[cls].events + self.store.pending(cls) + c.dropped
+
+
+def fill(rig: Rig, cls: int, chunks: float) -> list[bytes]:
+    """Events of `cls` worth about `chunks` chunks, a burst at a time with
+    make_room between, as the loop does."""
+    per_chunk = CHUNK_BYTES // (EVENT_PAD + 11)
+    out: list[bytes] = []
+    left = int(per_chunk * chunks)
+    while left:
+        n = min(left, per_chunk)
+        out += rig.ingest(cls, n)
+        left -= n
+        rig.pressure.make_room(0.0)
+    return out
+
+
+# ----------------------------------------------------------------- make room
+
+
+def test_within_the_limit_nothing_moves() -> None:
+    rig = Rig()
+    fill(rig, N, 4)
+    assert rig.pressure.make_room(0.0)
+    assert rig.store.pending(N) == 0 and rig.telemetry.classes[N].spilled == 0
+    assert not rig.governor.spilling(0.0)
+
+
+def test_the_lowest_class_spills_first_and_keeps_its_order() -> None:
+    rig = Rig()
+    normal = fill(rig, N, 6)
+    low = fill(rig, L, 9)
+    assert rig.pressure.noncritical_alloc() <= rig.governor.noncritical_limit
+    assert rig.store.pending(L) > 0 and rig.store.pending(N) == 0
+    assert rig.telemetry.classes[L].spilled == rig.store.pending(L)
+    assert rig.governor.spilling(0.0)
+    # FIFO across disk and memory: drain and publish everything.
+    for _ in range(100):
+        rig.publish_all(N)
+        rig.publish_all(L)
+        rig.pressure.drain(1.0, ALL)
+    assert rig.delivered[N] == normal and rig.delivered[L] == low
+    assert rig.telemetry.classes[L].recovered == rig.telemetry.classes[L].spilled
+
+
+def test_with_disk_full_the_oldest_of_the_lowest_class_is_evicted_and_counted() -> None:
+    rig = Rig(disk=(8 * CHUNK_BYTES, 8 * CHUNK_BYTES, 0, 0))
+    fill(rig, N, 5)
+    low = fill(rig, L, 12)
+    dropped = rig.telemetry.classes[L].dropped
+    assert dropped > 0 and rig.telemetry.classes[N].dropped == 0
+    assert rig.telemetry.take_unlogged_drops()[L] == dropped
+    assert rig.telemetry.take_unlogged_drops() == [0, 0, 0, 0]
+    rig.publish_all(L)
+    assert rig.delivered[L] == low[dropped:], "not the oldest evicted"
+    for cls in CLASSES:
+        assert rig.accounted(cls) == rig.seq[cls]
+
+
+def test_critical_is_never_evicted_it_spills_then_ingest_pauses() -> None:
+    rig = Rig(disk=(2 * CHUNK_BYTES, 0, 0, 0))
+    crit = rig.ingest(C, 2)
+    rig.telemetry.critical_arrived(2, 0.0)
+    admitted = True
+    while admitted:
+        crit += rig.ingest(C, 60)
+        admitted = rig.pressure.make_room(0.0)
+    assert rig.store.pending(C) > 0  # spilled first, as long as its ring had room
+    assert rig.telemetry.classes[C].dropped == 0
+    assert not rig.governor.can_admit(rig.queues.pool.in_use_bytes)
+    # The latency marks no longer match the queue: measuring stops.
+    rig.publish(C, 2)
+    assert rig.telemetry.latency.snapshot().count == 0
+    # Room again once critical is delivered.
+    rig.publish_all(C)
+    assert rig.pressure.make_room(1.0)
+
+
+# ---------------------------------------------------------------------- drain
+
+
+def test_drain_waits_for_a_subscriber_and_goes_highest_class_first() -> None:
+    rig = Rig()
+    for cls in (L, N, H):
+        events = [make_event(cls, i, 10) for i in range(3)]
+        assert rig.store.push_back(cls, b"".join(events), ends_of(events))
+    pressure = BufferPressure(rig.queues, rig.governor, rig.store, rig.telemetry)
+    assert all(rig.queues[c].hold_back for c in (H, N, L)) and not rig.queues[C].hold_back
+    assert not pressure.can_drain(H, False)
+    assert not pressure.drain(0.0, NONE)
+    assert not rig.governor.draining(0.0), "events lying on disk are not a drain"
+    assert pressure.drain(1.0, [True, True, False, True])
+    assert rig.queues[H].front_events == 3 and rig.queues[L].front_events == 3
+    assert rig.store.pending(N) == 3 and rig.queues[N].hold_back
+    assert not rig.queues[H].hold_back  # ring empty: what waited behind it merged
+    assert rig.governor.draining(1.0)
+    assert rig.telemetry.classes[H].recovered == 3
+
+
+def test_drain_stops_at_the_low_water_mark() -> None:
+    rig = Rig()
+    for i in range(8):
+        rig.store.push_back(N, make_event(N, i, CHUNK_BYTES - 20), [CHUNK_BYTES - 9])
+    pressure = BufferPressure(rig.queues, rig.governor, rig.store, rig.telemetry)
+    pressure.drain(0.0, ALL)
+    assert DRAIN_LOW_WATER <= rig.queues[N].front_bytes < DRAIN_LOW_WATER + CHUNK_BYTES
+    assert rig.store.pending(N) > 0
+
+
+def ends_of(events: list[bytes]) -> list[int]:
+    return list(itertools.accumulate(map(len, events)))
+
+
+# ----------------------------------------------------------------------- park
+
+
+def test_park_keeps_class_order_around_the_ring() -> None:
+    rig = Rig(disk=(8 * CHUNK_BYTES, 8 * CHUNK_BYTES, 8 * CHUNK_BYTES, 16 * CHUNK_BYTES))
+    low = fill(rig, L, 15)
+    low += rig.ingest(L, 5)
+    q = rig.queues[L]
+    assert rig.store.pending(L) and q.back, "events behind the ring"
+    while q.front_events:
+        rig.publish(L, 64)
+    rig.pressure.drain(0.0, ALL)
+    assert rig.store.read[L], "a record read back"
+    rig.publish(L, 3)  # and partly delivered
+    in_memory = q.events
+    parked, lost = rig.pressure.park_in_memory_events()
+    assert (parked, lost) == (in_memory, 0)
+    assert rig.queues.events == 0 and rig.queues.pool.in_use_bytes == 0
+    assert not rig.store.read[L]
+    assert rig.delivered[L] + rig.store.events(L) == low
+    for cls in CLASSES:
+        assert rig.accounted(cls) == rig.seq[cls]
+
+
+def test_park_with_the_ring_full_counts_each_lost_event_once() -> None:
+    """`_park` used to count a lost chunk twice over (its own add, then again
+    through the drop counter's path)."""
+    rig = Rig(disk=(0, 0, 0, 0))
+    rig.ingest(H, 10)
+    rig.ingest(C, 5)
+    parked, lost = rig.pressure.park_in_memory_events()
+    assert (parked, lost) == (0, 15)
+    assert rig.telemetry.classes[H].dropped == 10 and rig.telemetry.classes[C].dropped == 5
+    assert rig.telemetry.take_unlogged_drops() == [5, 10, 0, 0]
+
+
+def test_park_never_evicts_critical_from_its_ring_for_newer_critical() -> None:
+    old = [make_event(C, i) for i in range(50)]
+    rig = Rig(disk=(len(b"".join(old)) + 4 * 50, 0, 0, 0))
+    assert rig.store.push_back(C, b"".join(old), ends_of(old))
+    rig.seq[C] = 50
+    rig.telemetry.classes[C].received = 50
+    rig.pressure = BufferPressure(rig.queues, rig.governor, rig.store, rig.telemetry)
+    rig.ingest(C, 10)  # behind the ring
+    assert rig.pressure.park_in_memory_events() == (0, 10)
+    assert rig.store.events(C) == old
+    assert rig.telemetry.classes[C].dropped == 10
+
+
+# ------------------------------------------------------------------- the model
+
+
+class PressureModel(RuleBasedStateMachine):
+    """Random turns of the loop (ingest, publish, make room, drain) and
+    restarts (park, then a new policy over the same store), against a model
+    that knows every event ever received.
+
+    Checked: per class, every event is delivered, in memory, on disk, or
+    counted as dropped (never lost uncounted); delivery is FIFO with no
+    duplicates across memory and disk; critical is never dropped while the
+    agent runs; when make_room admits a burst, the burst fits in the budget.
+
+    Not checked: memory after a drain. A non-critical drain looks at the
+    non-critical classes' memory only, so with critical holding much of the
+    budget it reads back past it until the next make_room spills again
+    (today's behaviour, reported in issue 8's notes; this model found it)."""
+
+    @initialize(
+        disk=st.lists(st.integers(0, 6), min_size=4, max_size=4),
+    )
+    def setup(self, disk: list[int]) -> None:
+        # A small budget (5 chunks for the non-critical classes) so that a
+        # few turns of ingest already spill, evict and pause.
+        self.rig = Rig(
+            disk=[d * CHUNK_BYTES for d in disk], budget=8 * CHUNK_BYTES, reserve=CHUNK_BYTES
+        )
+        self.now = 0.0
+        self.admit = True
+        self.last_seq = [-1] * len(CLASSES)
+        self.park_lost = [0] * len(CLASSES)
+
+    def _publish(self, cls: int, max_events: int) -> None:
+        before = len(self.rig.delivered[cls])
+        self.rig.publish(cls, max_events)
+        for e in self.rig.delivered[cls][before:]:
+            assert seq_of(e) > self.last_seq[cls], "out of order or twice"
+            self.last_seq[cls] = seq_of(e)
+
+    @rule(
+        cls=st.sampled_from(CLASSES).map(int),
+        n=st.integers(0, 60),
+        deliverable=st.lists(st.booleans(), min_size=4, max_size=4),
+        sends=st.integers(0, 3),
+        dt=st.floats(0.0, 2.0),
+    )
+    def turn(self, cls: int, n: int, deliverable: list[bool], sends: int, dt: float) -> None:
+        rig = self.rig
+        self.now += dt
+        if self.admit and n:
+            rig.ingest(cls, n)
+        for c in CLASSES:  # strict class order, like the loop
+            while sends and deliverable[c] and rig.queues[c].front_events:
+                self._publish(c, 40)
+                sends -= 1
+        dropped = [c.dropped for c in rig.telemetry.classes]
+        self.admit = rig.pressure.make_room(self.now)
+        for c in CLASSES:
+            if rig.telemetry.classes[c].dropped > dropped[c]:
+                # Evicted: the lowest class holding anything goes first.
+                assert c != C and all(rig.queues[lower].events == 0 for lower in CLASSES[c + 1 :])
+        if self.admit:  # room for one more burst within the budget
+            assert rig.queues.pool.in_use_bytes + BURST <= rig.budget
+        rig.pressure.drain(self.now, deliverable)
+
+    @rule(classes=st.lists(st.sampled_from(CLASSES).map(int), min_size=1, max_size=30))
+    def outage(self, classes: list[int]) -> None:
+        """No subscriber: a burst of 60 events per turn, one class each."""
+        for cls in classes:
+            self.turn(cls, 60, NONE, 0, 0.01)
+
+    @precondition(lambda self: hasattr(self, "rig"))
+    @rule()
+    def subscriber_returns(self) -> None:
+        """Everything not dropped is delivered, in order, once a subscriber
+        reads fast enough (nothing stays stuck behind an emptied ring)."""
+        rig = self.rig
+        for _ in range(1000):
+            if not rig.queues.events and not any(map(rig.store.pending, CLASSES)):
+                break
+            self.turn(C, 0, ALL, 100, 0.01)
+        else:
+            raise AssertionError("events stuck in memory or on disk")
+        for cls in CLASSES:
+            c = rig.telemetry.classes[cls]
+            assert c.delivered + c.dropped == rig.seq[cls]
+
+    @precondition(lambda self: hasattr(self, "rig"))
+    @rule()
+    def restart(self) -> None:
+        rig = self.rig
+        dropped_before = [c.dropped for c in rig.telemetry.classes]
+        _, lost = rig.pressure.park_in_memory_events()
+        for cls in CLASSES:
+            self.park_lost[cls] += rig.telemetry.classes[cls].dropped - dropped_before[cls]
+        assert rig.queues.events == 0
+        assert sum(self.park_lost) >= lost
+        # Order on disk continues what was delivered.
+        for cls in CLASSES:
+            seqs = [seq_of(e) for e in rig.store.events(cls)]
+            assert seqs == sorted(set(seqs)) and all(s > self.last_seq[cls] for s in seqs)
+        # Critical on disk is never evicted to make room while parking: it is
+        # lost only where its ring cannot take it, so its oldest is still there.
+        kept = [seq_of(e) for e in rig.delivered[C] + rig.store.events(C)]
+        if kept and self.park_lost[C] == 0:
+            assert kept == list(range(len(kept)))
+        rig.queues = ClassQueues()
+        rig.governor = rig.new_governor()
+        rig.pressure = BufferPressure(rig.queues, rig.governor, rig.store, rig.telemetry)
+        self.admit = True
+
+    @invariant()
+    def nothing_lost_uncounted(self) -> None:
+        if not hasattr(self, "rig"):
+            return
+        for cls in CLASSES:
+            assert self.rig.accounted(cls) == self.rig.seq[cls], EventClass(cls).wire_name
+
+    @invariant()
+    def critical_is_dropped_only_when_parking_into_a_full_ring(self) -> None:
+        if hasattr(self, "rig"):
+            assert self.rig.telemetry.classes[C].dropped == self.park_lost[C]
+
+    @invariant()
+    def spilled_recovered_add_up(self) -> None:
+        if not hasattr(self, "rig"):
+            return
+        for cls in CLASSES:
+            c = self.rig.telemetry.classes[cls]
+            assert c.recovered <= c.spilled
+
+
+PressureModel.TestCase.settings = settings(max_examples=100, stateful_step_count=40)
+test_pressure_model = PressureModel.TestCase
+
+
+@pytest.mark.parametrize("cls", [H, N, L])
+def test_eviction_never_touches_critical_or_a_higher_class_first(cls: int) -> None:
+    rig = Rig(disk=(0, 0, 0, 0))
+    fill(rig, C, 2)
+    fill(rig, cls, 14)
+    for other in CLASSES:
+        if other != cls:
+            assert rig.telemetry.classes[other].dropped == 0
+    assert rig.telemetry.classes[cls].dropped > 0
