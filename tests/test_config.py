@@ -7,7 +7,6 @@ file runs in parallel under pytest-xdist.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from pathlib import Path
@@ -39,6 +38,8 @@ from agent.settings import (
 )
 from agent.spill.format import DATA_OFFSET
 from agent.spill.store import ring_sizes
+
+from harness import render_toml
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -655,39 +656,8 @@ def test_reloadable_keys() -> None:
 # Property: random valid values survive a trip through TOML text
 
 
-def toml_string(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif (ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def toml_value(value: object) -> str:
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, bool):
-        raise TypeError("no booleans in the config")
-    if isinstance(value, float):
-        assert math.isfinite(value)
-        return repr(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise AssertionError(value)
-
-
-def render(doc: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for table, keys in doc.items():
-        lines.append(f"[{table}]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in keys.items()]
-    return "\n".join(lines) + "\n"
+# One renderer for every test (tests/harness.py); it escapes any text.
+render = render_toml
 
 
 BASE = "/base/etc"

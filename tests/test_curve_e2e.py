@@ -184,12 +184,7 @@ def test_an_unusable_key_file_stops_the_start_naming_the_key(
             }
         }
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "--config", agent.config],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = agent.run_to_exit()
     assert r.returncode == 1, r.stderr
     assert "upstream.curve.secret_key_file" in r.stderr and ids.agent_public in r.stderr
     assert "no secret-key" in r.stderr

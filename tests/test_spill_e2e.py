@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import time
 
 import cbor2
@@ -214,12 +212,7 @@ def test_buffers_shrink_in_real_rss_after_a_spike(make_agent, zctx) -> None:
 
 def test_a_spill_dir_on_a_disk_too_small_is_a_clear_error(workdir) -> None:
     agent = AgentProcess(workdir, spill={"max_bytes": 1 << 50})  # 1 PiB
-    r = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "--config", agent.config],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = agent.run_to_exit()
     assert r.returncode == 1, r.stderr
     assert agent.spill_dir in r.stderr
     assert r.returncode != -7  # never SIGBUS
