@@ -62,6 +62,7 @@ from typing import Any, NoReturn
 
 from agent.classes import CLASS_NAMES, CLASSES, DEFAULT_RULES, ClassRules, EventClass
 from agent.settings import (
+    SCALED_DEFAULT,
     AgentSettings,
     BufferSettings,
     CurveSettings,
@@ -70,8 +71,8 @@ from agent.settings import (
     Settings,
     SpillSettings,
     UpstreamSettings,
+    default_critical_reserve,
 )
-from agent.settings import SCALED_DEFAULT, default_critical_reserve
 
 if sys.version_info >= (3, 11):
     import tomllib
