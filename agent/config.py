@@ -804,6 +804,38 @@ def _parse_http(t: _Table) -> HttpSettings:
     return HttpSettings(host=host[1:-1] if host.startswith("[") else host, port=port)
 
 
+def http_bind_warning(http: HttpSettings) -> str | None:
+    """A warning when the technician endpoint listens beyond this box, else None.
+
+    The endpoint is read-only but unauthenticated (it shows the counters, the
+    agent id and the spill dir), so the README says to keep it on loopback and
+    reach it through SSH. A non-loopback `http.bind` is accepted (a lab or an
+    isolated maintenance LAN may want it) but `check-config` prints this on
+    stderr and `run` logs it at WARNING (stderr; the journal under systemd).
+    Names are not resolved: only "localhost" counts as loopback."""
+    host = http.host
+    if host.lower() == "localhost":
+        return None
+    shown = f"http.bind = {_show(_show_http(http))}"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and address.is_loopback:
+        return None
+    if address is not None and address.is_unspecified:
+        return (
+            f"{shown} listens on every interface, the substation and head-end networks "
+            "included; the endpoint is read-only but has no authentication: bind the "
+            "maintenance interface's address (firewalled) or 127.0.0.1 with an SSH tunnel"
+        )
+    return (
+        f"{shown} is not a loopback address: the endpoint is read-only but has no "
+        "authentication; make sure only the maintenance subnet reaches that address "
+        "(firewall), or bind 127.0.0.1 and use an SSH tunnel"
+    )
+
+
 def _parse_classes(t: _Table) -> ClassRules:
     given: dict[EventClass, tuple[str, ...]] = {}
     claimed: dict[str, str] = {}  # type -> the key that lists it
