@@ -39,11 +39,30 @@ def test_events_reach_a_pull_socket(zctx: zmq.Context, tmp_path: object) -> None
     status = send.main(f"tcp://127.0.0.1:{port}", "tamper", "7", 5, out=out, err=err)
     assert status == 0, err.getvalue()
     assert "sent 5" in out.getvalue()
-    got = []
-    while pull.poll(2000) and len(got) < 5:
-        got.append(cbor2.loads(pull.recv()))
+    assert pull.poll(2000)
+    got = split(pull.recv())  # one frame: a collector's batch
     assert [e["n"] for e in got] == [1, 2, 3, 4, 5]
     assert {e["type"] for e in got} == {"tamper"} and {e["meter"] for e in got} == {7}
+    pull.close(0)
+
+
+def split(frame: bytes) -> list[dict[str, object]]:
+    fp = io.BytesIO(frame)
+    dec = cbor2.CBORDecoder(fp)
+    out = []
+    while fp.tell() < len(frame):
+        out.append(dec.decode())
+    return out
+
+
+def test_many_events_go_in_few_frames(zctx: zmq.Context) -> None:
+    pull = zctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    assert send.main(f"tcp://127.0.0.1:{port}", "reading", "1", 600, out=io.StringIO()) == 0
+    sizes = []
+    while len(sizes) < 3 and pull.poll(2000):
+        sizes.append(len(split(pull.recv())))
+    assert sizes == [send.EVENTS_PER_FRAME, send.EVENTS_PER_FRAME, 600 - 2 * send.EVENTS_PER_FRAME]
     pull.close(0)
 
 

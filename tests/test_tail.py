@@ -3,6 +3,7 @@ command against a real agent, with `edge-agent send` as the collector."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from typing import Any
 
 import cbor2
 import pytest
+import zmq
 from cbor2 import CBORSimpleValue, CBORTag, undefined
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,7 +25,7 @@ from agent.config import parse_config_text
 from agent.settings import Settings, UpstreamSettings
 from agent.tail import DEFAULT_UPSTREAM, TailError, endpoint_from_settings, render_message, to_json
 
-from harness import AgentProcess, wait_for
+from harness import AgentProcess, event, wait_for
 
 MiB = 1024 * 1024
 
@@ -260,24 +262,37 @@ def test_send_an_alert_and_tail_sees_it_as_critical(
 
 
 def test_tail_piped_into_head_ends_quietly(
-    make_agent: Callable[..., AgentProcess], workdir: str
+    make_agent: Callable[..., AgentProcess], zctx: zmq.Context
 ) -> None:
     agent = make_agent().start()
-    assert (
-        edge_agent(
-            "send", "--ingest", agent.ingest, "--type", "fault", "--meter", "1", "--count", "50"
-        ).returncode
-        == 0
-    )
     cmd = (
         f"{sys.executable} -m agent tail --upstream {agent.upstream} | head -n 2; "
         "echo status=${PIPESTATUS[0]}"
     )
-    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=30)
-    out = r.stdout.splitlines()
-    assert len(out) == 3 and out[2] == "status=0", r
-    assert json.loads(out[0])["class"] == "critical"
-    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    pipeline = subprocess.Popen(
+        ["bash", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    push = zctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(agent.ingest)
+    try:
+        # Keep events coming: tail only notices head has gone when it next writes.
+        n = 0
+        while pipeline.poll() is None and n < 400:
+            push.send(event(n, "fault"))
+            n += 1
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                pipeline.wait(0.05)
+        out, err = pipeline.communicate(timeout=20)
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
+            pipeline.wait()
+        push.close(0)
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[2] == "status=0", (out, err)
+    assert json.loads(lines[0])["class"] == "critical"
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert agent.stop() == 0
 
 
@@ -322,7 +337,9 @@ def test_an_8_mib_budget_alone_starts_and_delivers(
     )
     assert r.returncode == 0, r.stderr
     wait_for(lambda: len(tail.out) >= 2000, timeout=20, what="2000 events on tail")
-    assert {x["class"] for x in tail.json_lines()} == {"normal"}
+    events = tail.json_lines()
+    assert {x["class"] for x in events} == {"normal"}
+    assert [x["event"]["n"] for x in events] == list(range(1, 2001))
     assert tail.stop() == 0
     assert agent.stop() == 0
     assert os.path.isdir(agent.spill_dir)
