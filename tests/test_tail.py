@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.config import parse_config_text
-from agent.settings import Settings, UpstreamSettings
+from agent.settings import CurveSettings, Settings, UpstreamSettings
 from agent.tail import DEFAULT_UPSTREAM, TailError, endpoint_from_settings, render_message, to_json
 
 from harness import AgentProcess, event, wait_for
@@ -343,3 +343,14 @@ def test_an_8_mib_budget_alone_starts_and_delivers(
     assert tail.stop() == 0
     assert agent.stop() == 0
     assert os.path.isdir(agent.spill_dir)
+
+
+def test_an_upstream_with_curve_is_refused_with_the_reason() -> None:
+    s = Settings(
+        upstream=UpstreamSettings(
+            bind=("tcp://127.0.0.1:7001",),
+            curve=CurveSettings(secret_key_file="/k/s", allowed_keys_dir="/k"),
+        )
+    )
+    with pytest.raises(TailError, match="CURVE"):
+        endpoint_from_settings(s)
