@@ -1028,3 +1028,37 @@ def test_the_smallest_budget_named_is_exactly_the_boundary(reserve: int | None, 
         doc["buffer"]["budget_bytes"] = least - 1
         with pytest.raises(ConfigError):
             parse_config(doc)
+
+
+@given(
+    st.integers(4 * MiB, 256 * MiB),
+    st.one_of(st.none(), st.integers(0, 64 * MiB)),
+    st.integers(64, 64 * MiB),
+)
+def test_every_accepted_buffer_config_builds_the_loops_governor_with_room(
+    budget: int, reserve: int | None, frame: int
+) -> None:
+    """The config check guarantees what agent/loop.py `_open_state` relies on:
+    the governor accepts the numbers, and the non-critical classes keep at
+    least two chunks below their limit after leaving one burst free (a drain
+    takes two chunks, `_can_drain`)."""
+    from agent.governor import BufferGovernor
+    from agent.queues import CHUNK_BYTES
+
+    doc: dict[str, Any] = {"buffer": {"budget_bytes": budget}, "ingest": {"max_frame_bytes": frame}}
+    if reserve is not None:
+        doc["buffer"]["critical_reserve_bytes"] = reserve
+    try:
+        s = parse_config(doc)
+    except ConfigError as e:
+        assert e.key in ("buffer.budget_bytes", "buffer.critical_reserve_bytes")
+        return
+    gov = BufferGovernor(
+        s.buffer.budget_bytes,
+        s.buffer.critical_reserve_bytes,
+        s.buffer.shrink_after_s,
+        floor_bytes=8 * CHUNK_BYTES,
+        burst_bytes=64 * 1024 + frame + 4 * CHUNK_BYTES,  # loop.py: INGEST_MAX_BYTES + ...
+    )
+    assert gov.noncritical_limit >= 2 * CHUNK_BYTES
+    assert gov.can_admit(gov.noncritical_limit)  # a full non-critical side still admits a burst
