@@ -34,7 +34,7 @@ import json
 import math
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 from cbor2 import CBORDecodeError, CBORDecoder, CBORSimpleValue, CBORTag, undefined
@@ -94,7 +94,7 @@ def to_json(value: Any) -> Any:
         return bytes(value).hex()
     if isinstance(value, CBORTag):
         return {"tag": value.tag, "value": to_json(value.value)}
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # dict, or cbor2's frozendict for a map used as a key
         if all(isinstance(k, str) for k in value):
             return {k: to_json(v) for k, v in value.items()}
         return {"map": [[to_json(k), to_json(v)] for k, v in value.items()]}
@@ -106,10 +106,11 @@ def to_json(value: Any) -> Any:
         return {"simple": 23}
     if isinstance(value, CBORSimpleValue):
         return {"simple": value.value}
-    # cbor2 hands frozendict / frozenset for keys in some shapes.
-    if isinstance(value, (set, frozenset)):
-        return [to_json(v) for v in value]
-    return value  # str, int, bool, None, finite float
+    if value is None or isinstance(value, (str, int, float)):  # bool is an int
+        return value
+    # Nothing else comes out of cbor2 with every tag kept; should it ever,
+    # show it rather than fail the line.
+    return {"unknown": repr(value)}
 
 
 def decode_items(body: bytes) -> Iterator[Any]:

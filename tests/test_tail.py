@@ -89,6 +89,9 @@ def test_bytes_tags_odd_keys_and_special_values_are_rendered_as_documented() -> 
     assert v["n"] == "NaN" and v["inf"] == "-Infinity"
     assert v["u"] == {"simple": 23} and v["s"] == {"simple": 99}
     assert v["nested"] == {"map": [[1, "one"], ["6b", [True, None]]]}
+    # Arrays and maps used as keys (cbor2 hands tuples and frozendicts).
+    raw = bytes.fromhex("a282010201a1010203")  # {[1, 2]: 1, {1: 2}: 3}
+    assert to_json(cbor2.loads(raw)) == {"map": [[[1, 2], 1], [{"map": [[1, 2]]}, 3]]}
 
 
 def test_a_body_that_does_not_decode_is_shown_not_raised() -> None:
@@ -108,7 +111,11 @@ cbor_values = st.recursive(
     | st.binary(),
     lambda inner: (
         st.lists(inner, max_size=4)
-        | st.dictionaries(st.text() | st.integers(), inner, max_size=4)
+        | st.dictionaries(
+            st.text() | st.integers() | st.tuples(st.integers()) | st.frozensets(st.integers()),
+            inner,
+            max_size=4,
+        )
         | st.builds(CBORTag, st.integers(6, 2**32), inner)
     ),
     max_leaves=12,
