@@ -764,12 +764,16 @@ SPILL_MIN_CHUNKS = 16
 
 
 def _check_spill_room(t: _Table, spill: SpillSettings, ingest: IngestSettings) -> None:
-    need = SPILL_MIN_CHUNKS * max(256 * 1024, ingest.max_frame_bytes) + 65536
+    frame = ingest.max_frame_bytes
+    need = SPILL_MIN_CHUNKS * max(256 * 1024, frame) + 65536
     if spill.max_bytes < need:
+        frame_src = " (the default)" if frame == IngestSettings().max_frame_bytes else ""
         t.fail(
             "max_bytes",
-            f"must be at least {SPILL_MIN_CHUNKS} x max(262144, ingest.max_frame_bytes) + 65536 "
-            f"= {need} (the smallest class ring must hold two chunks), got {spill.max_bytes}",
+            f"must be at least {SPILL_MIN_CHUNKS} x max(262144, ingest.max_frame_bytes "
+            f"= {frame}{frame_src}) + 65536 = {need} (the smallest class ring must hold "
+            f"two chunks), got {spill.max_bytes}; raise spill.max_bytes to {need}"
+            + ("" if frame <= 256 * 1024 else " or lower ingest.max_frame_bytes"),
         )
 
 

@@ -1062,3 +1062,12 @@ def test_every_accepted_buffer_config_builds_the_loops_governor_with_room(
     )
     assert gov.noncritical_limit >= 2 * CHUNK_BYTES
     assert gov.can_admit(gov.noncritical_limit)  # a full non-critical side still admits a burst
+
+
+def test_a_small_spill_names_the_frame_size_and_the_fix() -> None:
+    err = error_of("[spill]\nmax_bytes = 8388608\n")
+    assert "ingest.max_frame_bytes = 1048576 (the default)" in err.problem
+    assert "raise spill.max_bytes to 16842752 or lower ingest.max_frame_bytes" in err.problem
+    parse_config_text("[spill]\nmax_bytes = 16842752\n")
+    # Any budget from 8 MiB up leaves the default spill size valid.
+    parse_config_text("[buffer]\nbudget_bytes = 8388608\n[spill]\nmax_bytes = 2147483648\n")
