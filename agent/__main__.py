@@ -2,6 +2,10 @@
 
 import sys
 
-from agent.cli import main
+try:
+    from agent.cli import main
+except KeyboardInterrupt:  # Ctrl-C while importing: no traceback (agent/cli.py)
+    sys.stderr.write("edge-agent: interrupted\n")
+    sys.exit(130)
 
 sys.exit(main())

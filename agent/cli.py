@@ -1,10 +1,24 @@
-"""The command line: `edge-agent run | check-config | status`.
+"""The command line: `edge-agent run | check-config | status | tail | send | keygen`.
 
 Exit statuses are part of the contract (INTERFACE.md, "Command line"):
 run: 0 after a clean stop, 2 on a bad config (stderr names the key), 1 when
 the agent cannot start for another reason (a socket cannot bind, the spill dir
 is locked or too small: the message names the endpoint or the path);
-check-config: 0 valid, 2 invalid; status: 0 reachable, 1 not.
+check-config: 0 valid, 2 invalid; status: 0 reachable, 1 not; tail: 0 on
+SIGINT/SIGTERM, 2 on a bad endpoint or class; send: 0 handed over, 1 not
+within 5 s, 2 on bad input. Usage errors (argparse) are 2.
+
+Decisions the contract leaves open (README):
+- Ctrl-C (SIGINT) before the agent's loop has taken over its signals (while
+  the config is read, the spill files opened, the sockets bound) or in any
+  other command stops it with one line on stderr and exit 130 (128 + SIGINT,
+  the shell's convention: "interrupted", not "clean stop"), never a traceback.
+  Once the loop runs, SIGINT is a clean stop like SIGTERM (exit 0).
+- A reader that goes away (`edge-agent status --json | head`, `tail | head`)
+  ends the command quietly with the status it would have had (status: 0, the
+  agent was reachable; tail: 0): no BrokenPipe traceback.
+- Warnings about a valid config (`http.bind` off loopback) go to stderr in
+  check-config (still exit 0) and to the log at WARNING in run.
 """
 
 from __future__ import annotations
@@ -13,13 +27,16 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import agent
+from agent.classes import CLASS_NAMES
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_CONFIG = 2
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -44,6 +61,34 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show what a running agent is doing")
     status.add_argument("--url", default=None, help="the agent's HTTP base URL")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    tail = sub.add_parser(
+        "tail", help="subscribe like a head-end and print each event as one JSON line"
+    )
+    tail.add_argument(
+        "--upstream",
+        metavar="ENDPOINT",
+        help="the agent's upstream endpoint (default: from --config, else tcp://127.0.0.1:5558)",
+    )
+    tail.add_argument(
+        "--config", metavar="PATH", help="take the upstream endpoint from this config file"
+    )
+    tail.add_argument(
+        "--class",
+        dest="classes",
+        action="extend",
+        nargs="+",
+        default=[],
+        choices=CLASS_NAMES,
+        metavar="C",
+        help=f"only these classes ({', '.join(CLASS_NAMES)}); repeatable; default all",
+    )
+    send = sub.add_parser("send", help="push test events like a collector (end-to-end check)")
+    send.add_argument(
+        "--ingest", required=True, metavar="ENDPOINT", help="an ingest endpoint (or the lane's)"
+    )
+    send.add_argument("--type", required=True, dest="type_", metavar="T", help="the event type")
+    send.add_argument("--meter", required=True, metavar="M", help="meter id (digits: an integer)")
+    send.add_argument("--count", type=int, default=1, metavar="N", help="events to send (1)")
     keygen = sub.add_parser("keygen", help="write a CURVE key pair (NAME.key, NAME.key_secret)")
     keygen.add_argument("--dir", required=True, metavar="DIR", help="where to write (made 0700)")
     keygen.add_argument("--name", required=True, metavar="NAME", help="file name without suffix")
@@ -103,31 +148,91 @@ def _keygen(directory: str, name: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Only reached before the loop installs its own SIGINT handler (or in
+        # a command without one): nothing was accepted yet, files are closed
+        # by the context managers the interrupt unwound through.
+        print("edge-agent: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "status":
         from agent import status
 
-        return status.main(args.url or status.DEFAULT_URL, args.json)
+        return _to_stdout(lambda: status.main(args.url or status.DEFAULT_URL, args.json))
     if args.command == "keygen":
         return _keygen(args.dir, args.name)
+    if args.command == "tail":
+        return _tail(args.upstream, args.config, args.classes)
+    if args.command == "send":
+        from agent import send
+
+        return _to_stdout(lambda: send.main(args.ingest, args.type_, args.meter, args.count))
 
     settings = _load(args.config)
     if settings is None:
         return EXIT_BAD_CONFIG
+    from agent.config import http_bind_warning
+    from agent.settings import Settings
+
+    assert isinstance(settings, Settings)
+    warning = http_bind_warning(settings.http)
     if args.command == "check-config":
+        if warning:
+            print(f"edge-agent: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: ok")
         return EXIT_OK
 
     from agent.loop import StartupError, run_agent
-    from agent.settings import Settings
 
-    assert isinstance(settings, Settings)
     setup_logging(settings.agent.log_level)
+    if warning:
+        logging.getLogger("agent").warning("%s", warning)
     try:
         return run_agent(settings, args.config)
     except StartupError as e:
         logging.getLogger("agent").error("cannot start: %s", e)
         return EXIT_FAILURE
+
+
+def _tail(upstream: str | None, config: str | None, classes: list[str]) -> int:
+    from agent import tail
+
+    endpoint = upstream
+    if endpoint is None and config is not None:
+        settings = _load(config)
+        if settings is None:
+            return EXIT_BAD_CONFIG
+        from agent.settings import Settings
+
+        assert isinstance(settings, Settings)
+        try:
+            endpoint = tail.endpoint_from_settings(settings)
+        except tail.TailError as e:
+            print(f"edge-agent tail: {config}: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    return _to_stdout(lambda: tail.main(endpoint or tail.DEFAULT_UPSTREAM, classes))
+
+
+def _to_stdout(command: Callable[[], int]) -> int:
+    """Run a command that prints to stdout; if the reader goes away (`| head`),
+    end quietly with the status the command had reached."""
+    status = EXIT_OK
+    try:
+        status = command()
+        sys.stdout.flush()  # inside the try: a late EPIPE surfaces here, not at exit
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and print "Exception
+        # ignored ... BrokenPipeError": point the descriptor at /dev/null
+        # (the recipe in the signal module's documentation).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return status
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import ipaddress
 import json
 import os
 import sys
@@ -66,6 +67,7 @@ from agent.endpoints import (
 )
 from agent.queues import CHUNK_BYTES
 from agent.settings import (
+    SCALED_DEFAULT,
     AgentSettings,
     BufferSettings,
     CurveSettings,
@@ -74,6 +76,7 @@ from agent.settings import (
     Settings,
     SpillSettings,
     UpstreamSettings,
+    default_critical_reserve,
 )
 
 if sys.version_info >= (3, 11):
@@ -584,19 +587,14 @@ def _parse_upstream(t: _Table, base: str | None) -> UpstreamSettings:
 
 def _parse_buffer(t: _Table) -> BufferSettings:
     d = BufferSettings()
-    # Bytes. Below 4 MiB the buffers cannot hold a few default-size (1 MiB)
-    # frames per class; 64 GiB is past any gateway's RAM, so more is a typo.
+    # Bytes. Below 4 MiB the buffers cannot hold a max-size (default 1 MiB)
+    # frame, one ingest burst and the working room besides (see
+    # `_check_buffer_room`); 64 GiB is past any gateway's RAM, so more is a typo.
     budget = t.integer("budget_bytes", d.budget_bytes, 4 * MiB, 64 * GiB)
-    # Bytes only critical events may use. Under half the budget so the other
-    # three classes always keep at least half of it.
-    reserve = t.integer("critical_reserve_bytes", d.critical_reserve_bytes, 0, None)
-    if reserve * 2 >= budget:
-        source = "" if t.has("critical_reserve_bytes") else " (the default)"
-        t.fail(
-            "critical_reserve_bytes",
-            f"must be less than half of buffer.budget_bytes: got {reserve}{source} "
-            f"with buffer.budget_bytes = {budget} (limit {(budget - 1) // 2})",
-        )
+    # Bytes only critical events may use; by default a share of the budget
+    # (settings.default_critical_reserve). Whether it fits is checked with the
+    # frame size in `_check_buffer_room`.
+    reserve = t.integer("critical_reserve_bytes", SCALED_DEFAULT, 0, None)
     # Seconds. 0 would give memory back after every burst and take it again on
     # the next (thrash); past an hour a burst's memory is effectively never
     # returned.
@@ -607,20 +605,72 @@ def _parse_buffer(t: _Table) -> BufferSettings:
 
 
 # Bytes the non-critical classes need besides the critical reserve and a
-# max-size frame: one ingest burst (64 KiB + a chunk per class, ~1.06 MiB,
-# agent/loop.py) plus a few 256 KiB chunks to fill, publish from and drain
-# spilled data back into. Below this the agent could spill but never drain.
+# max-size frame. The loop (agent/loop.py, _open_state) keeps one ingest burst
+# free below the non-critical limit: 64 KiB + a max-size frame + a 256 KiB
+# chunk per class (~1.06 MiB + the frame). What is left of the working room,
+# ~1.94 MiB or 7 chunks, is what the non-critical classes fill, publish from and
+# drain spilled data back into (a drain needs 2 chunks below the limit). Below
+# this the agent could spill but never drain.
 WORKING_ROOM = 3 * MiB
 
 
+def _buffer_fits(budget: int, reserve: int | None, frame: int) -> bool:
+    """The two rules a budget must meet. `reserve` None: the scaled default."""
+    if reserve is None:
+        reserve = default_critical_reserve(budget)
+    # Under half the budget, so the other three classes keep at least half.
+    return reserve * 2 < budget and budget >= reserve + frame + WORKING_ROOM
+
+
+def smallest_budget(reserve: int | None, frame: int) -> int:
+    """The smallest `buffer.budget_bytes` that fits `reserve` (None: the scaled
+    default) and a `frame`-byte max frame. Both rules only loosen as the budget
+    grows (the default reserve grows by 1/32 of it), so a bisection is exact."""
+    lo, hi = 1, 2 * (frame + WORKING_ROOM) + 4 * (reserve or 0) + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _buffer_fits(mid, reserve, frame):
+            hi = mid
+        else:
+            lo = mid + 1
+    return max(lo, 4 * MiB)
+
+
 def _check_buffer_room(t: _Table, buffer: BufferSettings, ingest: IngestSettings) -> None:
-    need = buffer.critical_reserve_bytes + ingest.max_frame_bytes + WORKING_ROOM
-    if buffer.budget_bytes < need:
+    """The budget must hold the critical reserve, a max-size frame, one ingest
+    burst and the working room: what the loop's governor relies on. The error
+    names every key involved, says which values are defaults, and gives the
+    smallest budget that would work with the others as they are."""
+    budget, reserve, frame = (
+        buffer.budget_bytes,
+        buffer.critical_reserve_bytes,
+        ingest.max_frame_bytes,
+    )
+    given_reserve = t.has("critical_reserve_bytes")
+    if _buffer_fits(budget, reserve if given_reserve else None, frame):
+        return
+    least = smallest_budget(reserve if given_reserve else None, frame)
+    budget_src = "" if t.has("budget_bytes") else " (the default)"
+    reserve_src = "" if given_reserve else " (the default: 1/32 of the budget, at most 16 MiB)"
+    # The ingest table is not at hand here: a frame size equal to the default
+    # is called the default, which is right unless it was written out.
+    frame_src = " (the default)" if frame == IngestSettings().max_frame_bytes else ""
+    fix = f"the smallest buffer.budget_bytes that works with these is {least}"
+    if reserve * 2 >= budget:
         t.fail(
-            "budget_bytes",
-            f"must be at least buffer.critical_reserve_bytes + ingest.max_frame_bytes + "
-            f"{WORKING_ROOM} (working room) = {need}, got {buffer.budget_bytes}",
+            "critical_reserve_bytes",
+            f"must be less than half of buffer.budget_bytes: got {reserve}{reserve_src} "
+            f"with buffer.budget_bytes = {budget}{budget_src} (limit {(budget - 1) // 2}); "
+            f"{fix}, or lower buffer.critical_reserve_bytes",
         )
+    need = reserve + frame + WORKING_ROOM
+    t.fail(
+        "budget_bytes",
+        f"{budget}{budget_src} is too small: it must hold buffer.critical_reserve_bytes "
+        f"= {reserve}{reserve_src} + ingest.max_frame_bytes = {frame}{frame_src} + "
+        f"{WORKING_ROOM} (working room) = {need}; {fix}, or lower "
+        f"ingest.max_frame_bytes" + (" or buffer.critical_reserve_bytes" if given_reserve else ""),
+    )
 
 
 # The smallest class ring gets 1/8 of spill.max_bytes (agent/spill/store.py)
@@ -635,13 +685,16 @@ SPILL_MIN_BYTES = SPILL_MIN_CHUNKS * CHUNK_BYTES + SPILL_HEADERS_BYTES
 
 
 def _check_spill_room(t: _Table, spill: SpillSettings, ingest: IngestSettings) -> None:
-    need = SPILL_MIN_CHUNKS * max(CHUNK_BYTES, ingest.max_frame_bytes) + SPILL_HEADERS_BYTES
+    frame = ingest.max_frame_bytes
+    need = SPILL_MIN_CHUNKS * max(CHUNK_BYTES, frame) + SPILL_HEADERS_BYTES
     if spill.max_bytes < need:
+        frame_src = " (the default)" if frame == IngestSettings().max_frame_bytes else ""
         t.fail(
             "max_bytes",
-            f"must be at least {SPILL_MIN_CHUNKS} x max({CHUNK_BYTES}, ingest.max_frame_bytes)"
-            f" + {SPILL_HEADERS_BYTES} = {need} (the smallest class ring must hold two chunks),"
-            f" got {spill.max_bytes}",
+            f"must be at least {SPILL_MIN_CHUNKS} x max({CHUNK_BYTES}, ingest.max_frame_bytes "
+            f"= {frame}{frame_src}) + {SPILL_HEADERS_BYTES} = {need} (the smallest class ring "
+            f"must hold two chunks), got {spill.max_bytes}; raise spill.max_bytes to {need}"
+            + ("" if frame <= CHUNK_BYTES else " or lower ingest.max_frame_bytes"),
         )
 
 
@@ -671,6 +724,38 @@ def _parse_http(t: _Table) -> HttpSettings:
     except ValueError as e:
         t.fail("bind", f"{_show(text)}: {e}")
     return HttpSettings(host=host, port=port)
+
+
+def http_bind_warning(http: HttpSettings) -> str | None:
+    """A warning when the technician endpoint listens beyond this box, else None.
+
+    The endpoint is read-only but unauthenticated (it shows the counters, the
+    agent id and the spill dir), so the README says to keep it on loopback and
+    reach it through SSH. A non-loopback `http.bind` is accepted (a lab or an
+    isolated maintenance LAN may want it) but `check-config` prints this on
+    stderr and `run` logs it at WARNING (stderr; the journal under systemd).
+    Names are not resolved: only "localhost" counts as loopback."""
+    host = http.host
+    if host.lower() == "localhost":
+        return None
+    shown = f"http.bind = {_show(http_endpoint(http.host, http.port).text)}"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and address.is_loopback:
+        return None
+    if address is not None and address.is_unspecified:
+        return (
+            f"{shown} listens on every interface, the substation and head-end networks "
+            "included; the endpoint is read-only but has no authentication: bind the "
+            "maintenance interface's address (firewalled) or 127.0.0.1 with an SSH tunnel"
+        )
+    return (
+        f"{shown} is not a loopback address: the endpoint is read-only but has no "
+        "authentication; make sure only the maintenance subnet reaches that address "
+        "(firewall), or bind 127.0.0.1 and use an SSH tunnel"
+    )
 
 
 def _parse_classes(t: _Table) -> ClassRules:

@@ -62,14 +62,37 @@ class UpstreamSettings:
     curve: CurveSettings = dataclasses.field(default_factory=CurveSettings)
 
 
+# `critical_reserve_bytes` when the operator does not write it: it follows the
+# budget (INTERFACE.md: any budget from 8 MiB up starts with every other key at
+# its default). See `default_critical_reserve`.
+SCALED_DEFAULT = -1
+
+
+def default_critical_reserve(budget_bytes: int) -> int:
+    """The critical reserve a budget gets by default: 1/32 of it, at most 16 MiB.
+
+    16 MiB is the reserve at the default 512 MiB budget (~130,000 alerts of
+    ~120 bytes held in memory while no head-end reads); past it, more reserve
+    buys nothing, because critical events are also written through to the spill
+    files. At 8 MiB the reserve is 256 KiB, one queue chunk (~2,000 alerts)."""
+    return min(16 * MiB, budget_bytes // 32)
+
+
 @dataclasses.dataclass(frozen=True)
 class BufferSettings:
     # Hard ceiling for in-memory event buffers (contract default 512 MiB).
     budget_bytes: int = 512 * MiB
-    # Slice of the budget only critical events may use.
-    critical_reserve_bytes: int = 16 * MiB
+    # Slice of the budget only critical events may use. Left at SCALED_DEFAULT
+    # it becomes default_critical_reserve(budget_bytes) on construction.
+    # Invariant: after construction it is never SCALED_DEFAULT.
+    critical_reserve_bytes: int = SCALED_DEFAULT
     # Quiet time after which the governor gives memory back to the OS.
     shrink_after_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.critical_reserve_bytes == SCALED_DEFAULT:
+            reserve = default_critical_reserve(self.budget_bytes)
+            object.__setattr__(self, "critical_reserve_bytes", reserve)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,4 +132,5 @@ __all__ = [
     "Settings",
     "SpillSettings",
     "UpstreamSettings",
+    "default_critical_reserve",
 ]

@@ -301,9 +301,11 @@ def test_critical_reserve_error_shows_both_numbers() -> None:
 
 
 def test_a_small_budget_flags_the_default_reserve_as_such() -> None:
+    # The reserve scales (1/32: 131072 at 4 MiB); the default 1 MiB frame plus
+    # the working room is what no longer fits.
     err = error_of("[buffer]\nbudget_bytes = 4194304\n")
-    assert err.key == "buffer.critical_reserve_bytes"
-    assert "(the default)" in err.problem and "16777216" in err.problem
+    assert err.key == "buffer.budget_bytes"
+    assert "131072 (the default" in err.problem and "1048576 (the default)" in err.problem
 
 
 def test_curve_needs_both_keys() -> None:
@@ -780,10 +782,16 @@ def valid_documents(draw: st.DrawFn) -> tuple[dict[str, dict[str, Any]], Setting
     )
     b = expected.buffer
     reserve = maybe("buffer", "critical_reserve_bytes", st.integers(0, 32 * GiB - 1))
-    real_reserve = b.critical_reserve_bytes if reserve is None else reserve
     # Both rules: the reserve under half the budget, and working room left
-    # besides the reserve and a max-size frame (config.WORKING_ROOM).
-    floor = max(2 * real_reserve + 1, real_reserve + ingest.max_frame_bytes + 3 * MiB)
+    # besides the reserve and a max-size frame (config.WORKING_ROOM). Left
+    # out, the reserve is 1/32 of the budget, at most 16 MiB.
+    if reserve is None:
+        room = ingest.max_frame_bytes + 3 * MiB
+        floor = room + room // 31
+        while floor - min(16 * MiB, floor // 32) < room:
+            floor += 1
+    else:
+        floor = max(2 * reserve + 1, reserve + ingest.max_frame_bytes + 3 * MiB)
     budget = pick(
         "buffer", "budget_bytes", st.integers(max(floor, 4 * MiB), 64 * GiB), b.budget_bytes
     )
@@ -800,7 +808,7 @@ def valid_documents(draw: st.DrawFn) -> tuple[dict[str, dict[str, Any]], Setting
     )
     buffer = BufferSettings(
         budget_bytes=budget,
-        critical_reserve_bytes=b.critical_reserve_bytes if reserve is None else reserve,
+        critical_reserve_bytes=min(16 * MiB, budget // 32) if reserve is None else reserve,
         shrink_after_s=b.shrink_after_s if shrink is None else float(shrink),
     )
     s = expected.spill
@@ -854,6 +862,8 @@ def test_valid_values_round_trip_through_toml_text(
     written = {f"{table}.{key}" for table, keys in doc.items() for key in keys}
     implied = {f"classes.{n}" for n in CLASS_NAMES} if "classes" in doc else set()
     implied |= {f"{t}.bind" for t in ("ingest", "upstream") if f"{t}.connect" in written}
+    if "buffer.budget_bytes" in written:  # the default reserve follows the budget
+        implied.add("buffer.critical_reserve_bytes")
     assert set(changed_keys(parse_config({}), parsed)) <= written | implied
 
 
@@ -927,3 +937,128 @@ def test_apply_reloadable_invariants(
     merged = apply_reloadable(running, new)
     assert set(changed_keys(running, merged)) <= RELOADABLE
     assert not set(changed_keys(merged, new)) & RELOADABLE
+
+
+# -- issue 12, item 1: a small budget alone starts; defaults follow the budget
+
+
+@pytest.mark.parametrize("budget", [8 * MiB, 16 * MiB, 64 * MiB, 512 * MiB, 4 * GiB])
+def test_any_budget_from_8_mib_up_is_valid_with_everything_else_default(budget: int) -> None:
+    s = parse_config_text(f"[buffer]\nbudget_bytes = {budget}\n")
+    assert s.buffer.budget_bytes == budget
+    assert s.buffer.critical_reserve_bytes == min(16 * MiB, budget // 32)
+
+
+def test_the_default_reserve_is_unchanged_at_the_default_budget() -> None:
+    assert parse_config({}).buffer.critical_reserve_bytes == 16 * MiB
+    assert BufferSettings().critical_reserve_bytes == 16 * MiB
+    # Built in code as in config: the reserve follows the budget given.
+    assert BufferSettings(budget_bytes=8 * MiB).critical_reserve_bytes == 256 * 1024
+    assert (
+        BufferSettings(budget_bytes=8 * MiB, critical_reserve_bytes=0).critical_reserve_bytes == 0
+    )
+
+
+@given(st.integers(8 * MiB, 64 * GiB))
+def test_every_budget_from_8_mib_leaves_the_loop_its_room(budget: int) -> None:
+    """What agent/loop.py's governor relies on: the non-critical classes keep
+    one ingest burst (64 KiB + a max frame + a chunk per class) free below
+    their limit and still have room for two chunks to drain into."""
+    s = parse_config_text(f"[buffer]\nbudget_bytes = {budget}\n")
+    chunk = 256 * 1024
+    burst = 64 * 1024 + s.ingest.max_frame_bytes + 4 * chunk
+    noncritical_limit = budget - s.buffer.critical_reserve_bytes - burst
+    assert noncritical_limit >= 2 * chunk
+    assert 0 < s.buffer.critical_reserve_bytes < budget / 2
+
+
+def test_an_explicit_reserve_too_big_names_both_keys_and_the_smallest_budget() -> None:
+    err = error_of("[buffer]\nbudget_bytes = 8388608\ncritical_reserve_bytes = 16777216\n")
+    assert err.key == "buffer.critical_reserve_bytes"
+    assert "buffer.budget_bytes = 8388608" in err.problem
+    assert "smallest buffer.budget_bytes that works with these is 33554433" in err.problem
+    parse_config_text("[buffer]\nbudget_bytes = 33554433\ncritical_reserve_bytes = 16777216\n")
+    error_of("[buffer]\nbudget_bytes = 33554432\ncritical_reserve_bytes = 16777216\n")
+
+
+def test_an_explicit_frame_too_big_names_both_keys_and_the_smallest_budget() -> None:
+    text = "[buffer]\nbudget_bytes = 8388608\n[ingest]\nmax_frame_bytes = 8388608\n"
+    err = error_of(text)
+    assert err.key == "buffer.budget_bytes"
+    assert "ingest.max_frame_bytes = 8388608 +" in err.problem  # not "(the default)"
+    m = re.search(r"works with these is (\d+)", err.problem)
+    assert m is not None
+    least = int(m.group(1))
+    parse_config_text(text.replace("8388608\n[", f"{least}\n["))
+    error_of(text.replace("8388608\n[", f"{least - 1}\n["))
+
+
+def test_4_mib_needs_a_smaller_frame_and_says_so() -> None:
+    err = error_of("[buffer]\nbudget_bytes = 4194304\n")
+    assert "the smallest buffer.budget_bytes that works with these is 4329604" in err.problem
+    assert "or lower ingest.max_frame_bytes" in err.problem
+    parse_config_text("[buffer]\nbudget_bytes = 4329604\n")
+    s = parse_config_text("[buffer]\nbudget_bytes = 4194304\n[ingest]\nmax_frame_bytes = 65536\n")
+    assert s.buffer.critical_reserve_bytes == 131072
+
+
+@given(
+    st.one_of(st.none(), st.integers(0, 64 * MiB)),
+    st.integers(64, 64 * MiB),
+)
+def test_the_smallest_budget_named_is_exactly_the_boundary(reserve: int | None, frame: int) -> None:
+    from agent.config import smallest_budget
+
+    least = smallest_budget(reserve, frame)
+    doc: dict[str, Any] = {"ingest": {"max_frame_bytes": frame}, "buffer": {}}
+    if reserve is not None:
+        doc["buffer"]["critical_reserve_bytes"] = reserve
+    doc["buffer"]["budget_bytes"] = least
+    parse_config(doc)
+    if least > 4 * MiB:
+        doc["buffer"]["budget_bytes"] = least - 1
+        with pytest.raises(ConfigError):
+            parse_config(doc)
+
+
+@given(
+    st.integers(4 * MiB, 256 * MiB),
+    st.one_of(st.none(), st.integers(0, 64 * MiB)),
+    st.integers(64, 64 * MiB),
+)
+def test_every_accepted_buffer_config_builds_the_loops_governor_with_room(
+    budget: int, reserve: int | None, frame: int
+) -> None:
+    """The config check guarantees what agent/loop.py `_open_state` relies on:
+    the governor accepts the numbers, and the non-critical classes keep at
+    least two chunks below their limit after leaving one burst free (a drain
+    takes two chunks, `_can_drain`)."""
+    from agent.governor import BufferGovernor
+    from agent.queues import CHUNK_BYTES
+
+    doc: dict[str, Any] = {"buffer": {"budget_bytes": budget}, "ingest": {"max_frame_bytes": frame}}
+    if reserve is not None:
+        doc["buffer"]["critical_reserve_bytes"] = reserve
+    try:
+        s = parse_config(doc)
+    except ConfigError as e:
+        assert e.key in ("buffer.budget_bytes", "buffer.critical_reserve_bytes")
+        return
+    gov = BufferGovernor(
+        s.buffer.budget_bytes,
+        s.buffer.critical_reserve_bytes,
+        s.buffer.shrink_after_s,
+        floor_bytes=8 * CHUNK_BYTES,
+        burst_bytes=64 * 1024 + frame + 4 * CHUNK_BYTES,  # loop.py: INGEST_MAX_BYTES + ...
+    )
+    assert gov.noncritical_limit >= 2 * CHUNK_BYTES
+    assert gov.can_admit(gov.noncritical_limit)  # a full non-critical side still admits a burst
+
+
+def test_a_small_spill_names_the_frame_size_and_the_fix() -> None:
+    err = error_of("[spill]\nmax_bytes = 8388608\n")
+    assert "ingest.max_frame_bytes = 1048576 (the default)" in err.problem
+    assert "raise spill.max_bytes to 16842752 or lower ingest.max_frame_bytes" in err.problem
+    parse_config_text("[spill]\nmax_bytes = 16842752\n")
+    # Any budget from 8 MiB up leaves the default spill size valid.
+    parse_config_text("[buffer]\nbudget_bytes = 8388608\n[spill]\nmax_bytes = 2147483648\n")
