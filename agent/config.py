@@ -37,6 +37,11 @@ Decisions an operator should know (the README quotes them):
   check-config catches at once what would otherwise fail at start-up (or, for
   ipc, silently steal the other socket's file). Names are not resolved, so
   `localhost` vs `127.0.0.1` is not detected.
+- The alert lane (`ingest.priority_bind` / `ingest.priority_connect`) is
+  optional: no endpoint, no lane. Its binds join the clash check above, and
+  any lane endpoint that is also an endpoint of the bulk or upstream socket
+  (bind or connect) is an error naming both keys: the lane must be a place of
+  its own. It shares every other [ingest] key (frame size, buffers, CURVE).
 - `[classes]`: each list given replaces that class's default list; classes not
   given keep their defaults minus any type that a given list claims. So
   `low = ["fault"]` alone moves `fault` from critical to low and leaves the
@@ -119,7 +124,17 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _TABLES: dict[str, tuple[str, ...]] = {
     "": ("agent", "ingest", "upstream", "buffer", "spill", "http", "classes"),
     "agent": ("id", "log_level"),
-    "ingest": ("bind", "connect", "max_frame_bytes", "rcvhwm", "curve"),
+    "ingest": (
+        "bind",
+        "connect",
+        "priority_bind",
+        "priority_connect",
+        "max_frame_bytes",
+        "rcvhwm",
+        "rcvbuf_bytes",
+        "max_peers",
+        "curve",
+    ),
     "ingest.curve": ("secret_key_file", "allowed_keys_dir"),
     "upstream": (
         "bind",
@@ -231,6 +246,7 @@ def parse_config(
     http = _parse_http(root.sub("http"))
     classes = _parse_classes(root.sub("classes"))
     _check_bind_clashes(ingest, upstream, http)
+    _check_lane_endpoints(ingest, upstream)
     _check_buffer_room(root.sub("buffer"), buffer, ingest)
     _check_spill_room(root.sub("spill"), spill, ingest)
     return Settings(
@@ -471,7 +487,11 @@ def _check_bind_clashes(
     ingest: IngestSettings, upstream: UpstreamSettings, http: HttpSettings
 ) -> None:
     binds: list[tuple[str, Endpoint]] = []
-    for key, texts in (("ingest.bind", ingest.bind), ("upstream.bind", upstream.bind)):
+    for key, texts in (
+        ("ingest.bind", ingest.bind),
+        ("upstream.bind", upstream.bind),
+        ("ingest.priority_bind", ingest.priority_bind),
+    ):
         binds += [(key, parse_endpoint(text, bind=True)) for text in texts]
     binds.append(("http.bind", http_endpoint(http.host, http.port)))
     clash = first_bind_clash(binds)
@@ -483,6 +503,40 @@ def _check_bind_clashes(
             f"{_show(ep.text)} clashes with {_show(earlier.text)} in {clash.earlier_key} "
             f"({what}): the second bind would fail",
         )
+
+
+def _check_lane_endpoints(ingest: IngestSettings, upstream: UpstreamSettings) -> None:
+    """A lane endpoint must be a place of its own: the same endpoint as any
+    other ZeroMQ endpoint of the agent (bind or connect) would make the agent
+    talk to itself, or share a collector's PUSH round-robin between the lane
+    and the bulk socket, which makes the lane meaningless. Bind clashes under a
+    wildcard are `_check_bind_clashes`'s.
+
+    TODO(protected mode, issue 13): the lane's endpoints (ingest.priority_bind,
+    ingest.priority_connect) must join the protected-mode check over (key,
+    endpoint) pairs, under [ingest]'s CURVE / insecure_plaintext, like
+    ingest.bind and ingest.connect."""
+    others: dict[Endpoint, str] = {}
+    for key, texts, bind in (
+        ("ingest.bind", ingest.bind, True),
+        ("ingest.connect", ingest.connect, False),
+        ("upstream.bind", upstream.bind, True),
+        ("upstream.connect", upstream.connect, False),
+    ):
+        for text in texts:
+            others.setdefault(parse_endpoint(text, bind=bind), key)
+    for key, texts, bind in (
+        ("ingest.priority_bind", ingest.priority_bind, True),
+        ("ingest.priority_connect", ingest.priority_connect, False),
+    ):
+        for text in texts:
+            ep = parse_endpoint(text, bind=bind)
+            if ep in others:
+                raise ConfigError(
+                    key,
+                    f"{_show(text)} is also in {others[ep]}: the alert lane needs an "
+                    "endpoint of its own",
+                )
 
 
 # ---------------------------------------------------------------------------
@@ -542,12 +596,31 @@ def _socket_endpoints(
     return bind, connect
 
 
+def _lane_endpoints(t: _Table) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`priority_bind` / `priority_connect`: optional (no endpoint, no lane),
+    otherwise the same syntax and the same "listed twice" rule as bind/connect."""
+    bind = _endpoints(t, "priority_bind", bind=True) if t.has("priority_bind") else ()
+    connect = _endpoints(t, "priority_connect", bind=False) if t.has("priority_connect") else ()
+    seen: dict[Endpoint, str] = {}
+    for name, texts in (("priority_bind", bind), ("priority_connect", connect)):
+        for text in texts:
+            ep = parse_endpoint(text, bind=name == "priority_bind")
+            if ep in seen:
+                where = "listed twice" if seen[ep] == name else f"also in {t.key(seen[ep])}"
+                t.fail(name, f"endpoint {_show(text)} is {where}")
+            seen[ep] = name
+    return bind, connect
+
+
 def _parse_ingest(t: _Table, base: str | None) -> IngestSettings:
     d = IngestSettings()
     bind, connect = _socket_endpoints(t, d.bind, d.connect)
+    priority_bind, priority_connect = _lane_endpoints(t)
     return IngestSettings(
         bind=bind,
         connect=connect,
+        priority_bind=priority_bind,
+        priority_connect=priority_connect,
         # Bytes (ZMQ_MAXMSGSIZE). Below 64 no real event fits (and "1", meant
         # as MiB, must fail loudly); above 64 MiB one frame is held and decoded
         # whole, a large slice of the memory budget for a single peer's message.
@@ -555,6 +628,14 @@ def _parse_ingest(t: _Table, base: str | None) -> IngestSettings:
         # Frames (ZMQ_RCVHWM). 0 would mean "unlimited" to libzmq: memory
         # outside the budget, and a queue ahead of every critical alert.
         rcvhwm=t.integer("rcvhwm", d.rcvhwm, 1, 1_000_000),
+        # Bytes (SO_RCVBUF). Linux floors it near 2.3 KiB (it doubles what is
+        # asked and keeps at least SOCK_MIN_RCVBUF); above 64 MiB is a typo
+        # (the kernel clamps to net.core.rmem_max silently).
+        rcvbuf_bytes=t.integer("rcvbuf_bytes", d.rcvbuf_bytes, 4 * KiB, 64 * MiB),
+        # Connections per PULL socket. 10,000 is past any gateway's collector
+        # count and the unit's descriptor limit; each may hold up to rcvhwm
+        # frames in libzmq (README, worst case).
+        max_peers=t.integer("max_peers", d.max_peers, 1, 10_000),
         curve=_parse_curve(t.sub("curve"), base),
     )
 

@@ -3,10 +3,12 @@
 Everything an accepted event goes through happens on this thread, in this
 order each turn:
 
-1. poll (ingest, upstream subscriptions, the PULL monitor, the signal pipe);
-2. ingest: a bounded burst of `recv(NOBLOCK)` (FACTS.md: poll once, then
-   drain without polling; a poll before every recv cut throughput ~10x),
-   decoded as one batch;
+1. poll (ingest and the alert lane, upstream subscriptions, the PULL
+   monitors, the signal pipe);
+2. ingest: the alert lane first (at most LANE_MAX_BURSTS bursts), then one
+   bulk burst; a burst is a bounded run of `recv(NOBLOCK)` (FACTS.md: poll
+   once, then drain without polling; a poll before every recv cut throughput
+   ~10x), decoded as one batch;
 3. publish: strict class order, critical first and at once, others in batches;
 4. make room (agent/pressure.py): spill or evict what memory cannot hold, and
    pause ingest while even one more burst would not fit;
@@ -31,10 +33,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import os
 import signal
 import socket
 import time
+from collections.abc import Callable, Sequence
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -48,6 +53,7 @@ from agent.curve import CurveError, CurveGuard
 from agent.governor import BufferGovernor
 from agent.http import HttpServer
 from agent.notify import Notifier
+from agent.peers import PeerTable, worst_case_bytes
 from agent.pressure import BufferPressure
 from agent.queues import CHUNK_BYTES, ClassQueues
 from agent.routes import BACKPRESSURE_PATH
@@ -55,7 +61,7 @@ from agent.settings import Settings
 from agent.spill import SpillError, SpillStore, next_epoch
 from agent.stats import Snapshot
 from agent.telemetry import AgentIdentity, Telemetry
-from agent.upstream import EndpointError, Upstream, open_endpoints
+from agent.upstream import EndpointError, Upstream
 
 log = logging.getLogger("agent.loop")
 
@@ -72,6 +78,48 @@ CRITICAL = int(EventClass.CRITICAL)
 # governor keeps free for a burst.
 INGEST_MAX_FRAMES = 128
 INGEST_MAX_BYTES = 64 * 1024
+# The alert lane (INTERFACE.md): at every turn the loop reads what waits on the
+# lane before the bulk burst, up to this many bursts (512 frames), each only
+# while the governor has room for one more burst. An honest lane carries
+# alerts, ~1% of the traffic, and never fills one burst; the bound only acts
+# on an alert storm (read 4x faster than bulk) or on a collector that floods
+# the lane with everything: bulk then still gets at least 1 burst in 5 of the
+# reading. When the lane took the last room of a turn, the next turn reads
+# bulk first (`_bulk_owed`), so memory pressure cannot starve bulk either.
+LANE_MAX_BURSTS = 4
+# Per-peer limits on both PULL sockets (issue 13 item 6), in milliseconds.
+# A connection must finish its ZMTP/CURVE handshake within HANDSHAKE_IVL
+# (libzmq's default is 30 s; a CURVE handshake takes a few ms, a slow link a
+# second): a port probe or a silent raw TCP peer holds a descriptor 10 s, not
+# forever. ZMTP heartbeats: a PING every HEARTBEAT_IVL; a peer that sends
+# nothing, not even the PONG, within HEARTBEAT_TIMEOUT is dropped (a dead
+# collector or a half-open TCP connection). A live libzmq peer answers PINGs
+# from its I/O thread, so an idle but healthy collector is never dropped.
+# HEARTBEAT_TTL tells the collector to drop us after that much silence.
+HANDSHAKE_IVL_MS = 10_000
+HEARTBEAT_IVL_MS = 10_000
+HEARTBEAT_TIMEOUT_MS = 30_000
+HEARTBEAT_TTL_MS = 60_000
+# TCP keepalive as well (belt and braces under the heartbeats, and what the
+# kernel does for a connection still in its handshake): probes after 60 s of
+# silence, every 10 s, 6 unanswered ones close it (~2 min).
+TCP_KEEPALIVE_IDLE_S = 60
+TCP_KEEPALIVE_INTVL_S = 10
+TCP_KEEPALIVE_CNT = 6
+# What the loop wants from each PULL's monitor: connections as they come and
+# go (agent/peers.py) and the failed handshakes that end some of them. The
+# CURVE guard's events are a subset (agent/curve.py REFUSAL_EVENTS).
+HANDSHAKE_FAILED_EVENTS = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+PULL_MONITOR_EVENTS = (
+    zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED_EVENTS
+)
+# Monitor events read per socket per turn: a connection flood cannot hold the
+# loop (each event is a few us; the Poller reports the rest next turn).
+MONITOR_MAX_PER_TURN = 256
 # Upstream sends per turn, so a deep backlog cannot starve ingest (64 x 256
 # events ~ 16k events, a few ms).
 PUBLISH_MAX_SENDS = 64
@@ -97,12 +145,32 @@ DROP_LOG_EVERY_S = 1.0
 STOP_EXTEND_US = 60_000_000
 
 
+# Which ingest core runs (issue 10): the compiled fast path is not on this
+# branch yet, so the Python reference (`_read_burst`, agent/codec.py) runs.
+INGEST_PATH = "python"
+
 # 128 + SIGINT, the shell's convention for a process ended by Ctrl-C.
 EXIT_INTERRUPTED = 130
 
 
 class StartupError(Exception):
     """The agent cannot start: a socket cannot bind, the spill dir is unusable."""
+
+
+class _Pull:
+    """One PULL socket of the agent (bulk or lane): the socket, its monitor,
+    who is connected, and how a burst is read from it."""
+
+    __slots__ = ("name", "sock", "monitor", "peers", "read", "lane")
+
+    def __init__(self, name: str, sock: zmq.Socket, max_peers: int, *, lane: bool) -> None:
+        self.name = name  # for logs: "ingest" | "lane"
+        self.sock = sock
+        self.monitor: zmq.Socket | None = None
+        self.peers = PeerTable(max_peers)
+        # One burst, without waiting: (single-frame messages, multipart skipped).
+        self.read: Callable[[], tuple[list[bytes], int]] = functools.partial(_read_burst, sock)
+        self.lane = lane
 
 
 class Agent:
@@ -162,6 +230,7 @@ class Agent:
         self.http_address = self.http.address
         self._state = "running"
         self._publish_snapshot(time.monotonic())
+        self._log_startup()
         # READY=1 only now: sockets bound, rings recovered, HTTP up.
         self.notifier.ready(f"epoch {self.epoch}, serving")
         log.info(
@@ -171,6 +240,44 @@ class Agent:
             self.http_address[0],
             self.http_address[1],
             BACKPRESSURE_PATH,
+        )
+
+    def _log_startup(self) -> None:
+        """What a technician needs to find everything (issue 12 item 7): the
+        config file, the spill dir, every endpoint and which ingest core runs,
+        and the most libzmq may hold for the ingest peers (README, worst case)."""
+        s = self.settings
+        i = s.ingest
+        log.info(
+            "config %s; spill dir %s; ingest path %s",
+            self.config_path or "(none: built-in defaults)",
+            s.spill.dir,
+            self.telemetry.identity.ingest_path,
+        )
+        assert self.http_address is not None
+        host, port = self.http_address
+        log.info(
+            "endpoints: ingest %s; lane %s; upstream %s; http http://%s:%d%s",
+            _endpoint_list(i.bind, i.connect),
+            _endpoint_list(i.priority_bind, i.priority_connect) if i.lane else "off",
+            _endpoint_list(s.upstream.bind, s.upstream.connect),
+            f"[{host}]" if ":" in host else host,
+            port,
+            BACKPRESSURE_PATH,
+        )
+        # Bound peers are capped per socket; the agent's own connects add one each.
+        connections = len(self._pulls) * i.max_peers + len(i.connect) + len(i.priority_connect)
+        worst = worst_case_bytes(i.rcvhwm, i.max_frame_bytes, i.rcvbuf_bytes, connections)
+        log.info(
+            "ingest buffers: rcvhwm %d frames, SO_RCVBUF %d bytes per connection, at most "
+            "%d connections (ingest.max_peers %d per PULL socket): libzmq may hold up to "
+            "%d MiB outside the budget if every peer sends %d-byte frames",
+            i.rcvhwm,
+            i.rcvbuf_bytes,
+            connections,
+            i.max_peers,
+            worst // (1024 * 1024),
+            i.max_frame_bytes,
         )
 
     def _install_signals(self, opened: contextlib.ExitStack) -> None:
@@ -199,20 +306,23 @@ class Agent:
         # Closed after the secured sockets (until they close, the handler
         # answers), before term.
         opened.callback(self.guard.close)
-        pull = self.ctx.socket(zmq.PULL)
-        self.pull = pull
+        self._pulls: list[_Pull] = []
+        self._lane: _Pull | None = None
         opened.callback(self._close_ingest)
         try:
-            pull.setsockopt(zmq.MAXMSGSIZE, s.ingest.max_frame_bytes)
-            pull.setsockopt(zmq.RCVHWM, s.ingest.rcvhwm)
-            pull.setsockopt(zmq.LINGER, 0)
-            # The loop owns the PULL's monitor (a socket has one): the guard's
-            # handshake events come through it, see _read_monitor.
-            self.guard.secure(pull, "ingest", monitor=False)
-            self.monitor = pull.get_monitor_socket(
-                zmq.EVENT_DISCONNECTED | self.guard.monitor_events("ingest")
+            # The lane first: its endpoints are bound before the bulk socket's,
+            # so a collector that connects to both never finds bulk open and
+            # the lane not yet.
+            if s.ingest.lane:
+                self._lane = self._open_pull(
+                    "lane",
+                    ("ingest.priority_bind", s.ingest.priority_bind),
+                    ("ingest.priority_connect", s.ingest.priority_connect),
+                )
+            self._bulk = self._open_pull(
+                "ingest", ("ingest.bind", s.ingest.bind), ("ingest.connect", s.ingest.connect)
             )
-            open_endpoints(pull, "ingest", s.ingest.bind, s.ingest.connect)
+            self.pull = self._bulk.sock
             self.upstream = Upstream(
                 self.ctx,
                 s.upstream,
@@ -226,14 +336,65 @@ class Agent:
             raise StartupError(f"cannot open sockets: {e}") from e
         opened.callback(self.upstream.close)
 
+    def _open_pull(self, name: str, *endpoints: tuple[str, Sequence[str]]) -> _Pull:
+        """A PULL socket with the ingest settings (the bulk one and the lane
+        share them all: INTERFACE.md), its monitor, bound and connected to
+        `endpoints` ((config key, endpoints) pairs; bind keys end in "bind").
+        Registered for closing at once, so a failure closes it."""
+        s = self.settings.ingest
+        sock = self.ctx.socket(zmq.PULL)
+        pull = _Pull(name, sock, s.max_peers, lane=name == "lane")
+        self._pulls.append(pull)
+        for option, value in (
+            (zmq.MAXMSGSIZE, s.max_frame_bytes),
+            (zmq.RCVHWM, s.rcvhwm),
+            (zmq.RCVBUF, s.rcvbuf_bytes),
+            (zmq.LINGER, 0),
+            (zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS),
+            (zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS),
+            (zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS),
+            (zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS),
+            (zmq.TCP_KEEPALIVE, 1),
+            (zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S),
+            (zmq.TCP_KEEPALIVE_INTVL, TCP_KEEPALIVE_INTVL_S),
+            (zmq.TCP_KEEPALIVE_CNT, TCP_KEEPALIVE_CNT),
+        ):
+            sock.setsockopt(option, value)
+        # Both sockets admit the same collectors: the lane is secured under the
+        # ingest name (same keys, same ZAP domain, refusals counted together).
+        # The loop owns each PULL's monitor (a socket has one): the guard's
+        # handshake events come through it, see _read_monitor.
+        self.guard.secure(sock, "ingest", monitor=False)
+        pull.monitor = sock.get_monitor_socket(
+            PULL_MONITOR_EVENTS | self.guard.monitor_events("ingest")
+        )
+        for key, eps in endpoints:
+            attach = sock.bind if key.endswith("bind") else sock.connect
+            for ep in eps:
+                try:
+                    attach(ep)
+                except zmq.ZMQError as e:
+                    reason = zmq.strerror(e.errno) if e.errno is not None else str(e)
+                    raise EndpointError(key, ep, reason) from e
+        return pull
+
     def _close_ingest(self) -> None:
-        monitor = getattr(self, "monitor", None)
-        if monitor is not None:
-            monitor.close(0)
-        if not self.pull.closed:
-            with contextlib.suppress(zmq.ZMQError):
-                self.pull.disable_monitor()
-            self.pull.close(0)
+        """Close the PULL sockets (if the stop has not yet) and their monitors."""
+        for pull in getattr(self, "_pulls", ()):
+            if pull.monitor is not None:
+                pull.monitor.close(0)
+            if not pull.sock.closed:
+                with contextlib.suppress(zmq.ZMQError):
+                    pull.sock.disable_monitor()
+                pull.sock.close(0)
+
+    def _stop_ingest(self) -> None:
+        """The stop sequence's end of ingest: stop polling the PULL sockets and
+        close them (nothing more is accepted; what libzmq still held is gone
+        with them, as before the lane)."""
+        for pull in self._pulls:
+            self._poller.unregister(pull.sock)
+            pull.sock.close(0)
 
     def _open_state(self) -> None:
         s = self.settings
@@ -261,11 +422,17 @@ class Agent:
                 budget_bytes=s.buffer.budget_bytes,
                 critical_reserve_bytes=s.buffer.critical_reserve_bytes,
                 spill_dir=s.spill.dir,
+                lane_configured=self._lane is not None,
+                ingest_path=INGEST_PATH,
+                max_peers=s.ingest.max_peers,
             )
         )
         # Marks queues whose ring holds events from a previous run.
         self.pressure = BufferPressure(self.queues, self.governor, self.store, self.telemetry)
         self.paused = False
+        # The lane took the last room of a turn while bulk waited: the next
+        # turn reads bulk first (LANE_MAX_BURSTS).
+        self._bulk_owed = False
         self._blocked_until = 0.0
         self._pending_since: list[float | None] = [None] * len(CLASSES)
         self._next_snapshot = 0.0
@@ -340,9 +507,10 @@ class Agent:
 
     def _serve(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.pull, zmq.POLLIN)
+        for pull in self._pulls:
+            poller.register(pull.sock, zmq.POLLIN)
+            poller.register(pull.monitor, zmq.POLLIN)
         poller.register(self.upstream.sock, zmq.POLLIN)
-        poller.register(self.monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         self._guard_sockets = self.guard.sockets
         for sock in self._guard_sockets:
@@ -362,12 +530,13 @@ class Agent:
         else:
             ready = dict(self._poller.poll(int(timeout_s * 1000)))
         got = False
-        if self.pull in ready and not self.paused:
-            got = self._ingest()
+        if not self.paused:
+            got = self._ingest(ready)
         if self.upstream.sock in ready:
             self.upstream.handle_subscriptions()
-        if self.monitor in ready:
-            self._read_monitor()
+        for pull in self._pulls:
+            if pull.monitor in ready:
+                self._read_monitor(pull)
         if any(sock in ready for sock in self._guard_sockets):
             self.guard.handle()
         if self._wake_r.fileno() in ready:
@@ -403,24 +572,52 @@ class Agent:
 
     # -- ingest ----------------------------------------------------------------
 
-    def _ingest(self) -> bool:
-        """One ingest burst from the PULL socket. Returns True if any frame
-        was read. The seams: `_read_burst` (one socket; a second PULL read
-        first would call it too) and `_accept` (decoded events into their
-        queues, whatever read and decoded them)."""
+    def _ingest(self, ready: dict) -> bool:
+        """This turn's reading: what waits on the alert lane first (at most
+        LANE_MAX_BURSTS bursts), then one bulk burst. Every burst is read only
+        with room for it in the budget: the previous turn's make_room left room
+        for one, and the governor is asked before each further one. Returns
+        True if any frame was read. `ready`: this turn's poll."""
+        bulk_ready = self.pull in ready
+        lane = self._lane
+        got = lane_read = False
+        if lane is not None and lane.sock in ready and not (self._bulk_owed and bulk_ready):
+            for i in range(LANE_MAX_BURSTS):
+                if i and not self._room_for_burst():
+                    break
+                if not self._ingest_burst(lane):
+                    break  # the lane is empty
+                got = lane_read = True
+        if bulk_ready:
+            if lane_read and not self._room_for_burst():
+                self._bulk_owed = True
+            else:
+                self._bulk_owed = False
+                got = self._ingest_burst(self._bulk) or got
+        return got
+
+    def _room_for_burst(self) -> bool:
+        return self.governor.can_admit(self.queues.pool.in_use_bytes)
+
+    def _ingest_burst(self, pull: _Pull) -> bool:
+        """One burst from `pull`, decoded and queued. True if anything was read."""
         arrived = time.monotonic()  # the frames of this burst were here by now
-        frames, multipart = _read_burst(self.pull)
+        frames, multipart = pull.read()
         if multipart:
             self.telemetry.reject(MULTIPART, multipart)
         if not frames:
             return multipart > 0
-        self._accept(self.decoder.decode_frames(frames), len(frames), arrived)
+        self._accept(self.decoder.decode_frames(frames), len(frames), arrived, lane=pull.lane)
         return True
 
-    def _accept(self, result: DecodeResult, frames: int, arrived: float) -> None:
+    def _accept(
+        self, result: DecodeResult, frames: int, arrived: float, *, lane: bool = False
+    ) -> None:
         """Count a decoded burst and queue its events by class."""
         telemetry = self.telemetry
         telemetry.ingested(frames, result.accepted, result.rejected)
+        if lane:
+            telemetry.lane_ingested(frames, result.accepted, len(result.events[CRITICAL]))
         now = time.monotonic()
         for cls, events in enumerate(result.events):
             if events:
@@ -432,17 +629,43 @@ class Agent:
                 if self._pending_since[cls] is None and q.front_events:
                     self._pending_since[cls] = now
 
-    def _read_monitor(self) -> None:
-        while True:
+    def _read_monitor(self, pull: _Pull) -> None:
+        """Connections coming and going on `pull` (agent/peers.py keeps the
+        count and decides refusals; the guard counts CURVE refusals)."""
+        assert pull.monitor is not None
+        peers = pull.peers
+        for _ in range(MONITOR_MAX_PER_TURN):
             try:
-                msg = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+                msg = recv_monitor_message(pull.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if self.guard.on_monitor_event("ingest", msg):
-                continue  # a refused handshake, counted by the guard
-            # Only EVENT_DISCONNECTED is subscribed: a collector went away, or
-            # ZeroMQ dropped it for a frame over max_frame_bytes.
-            self.telemetry.disconnected()
+            event, value = msg["event"], msg["value"]
+            if event & HANDSHAKE_FAILED_EVENTS:
+                self.guard.on_monitor_event("ingest", msg)  # counts it when CURVE is on
+                peers.handshake_failed()
+            elif event == zmq.EVENT_ACCEPTED:
+                if peers.accepted(value):
+                    self._refuse(pull, value, msg["endpoint"])
+            elif event == zmq.EVENT_CONNECTED:
+                peers.connected_out(value)
+            elif event == zmq.EVENT_DISCONNECTED:
+                peers.disconnected(value)
+
+    def _refuse(self, pull: _Pull, fd: int, endpoint: bytes) -> None:
+        """Close connection `fd`, just accepted beyond ingest.max_peers. A
+        libzmq peer retries after its reconnect interval (100 ms by default)."""
+        closed = _shutdown_connection(fd, endpoint.decode("utf-8", "replace"))
+        n = pull.peers.refused
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th ...: no clock, no per-peer state
+            log.warning(
+                "%s: %d peers connected (ingest.max_peers): %s a new connection on %s "
+                "(%d refused so far)",
+                pull.name,
+                pull.peers.connected,
+                "closed" if closed else "could not close (it was gone)",
+                endpoint.decode("utf-8", "replace"),
+                n,
+            )
 
     def _set_paused(self, paused: bool) -> None:
         """Stop (or resume) polling ingest: the buffer policy found no room for
@@ -450,7 +673,8 @@ class Agent:
         if paused == self.paused:
             return
         self.paused = paused
-        self._poller.modify(self.pull, 0 if paused else zmq.POLLIN)
+        for pull in self._pulls:
+            self._poller.modify(pull.sock, 0 if paused else zmq.POLLIN)
         if paused:
             log.warning(
                 "buffers full (%d bytes in use, budget %d) and critical events fill "
@@ -568,6 +792,7 @@ class Agent:
             ),
             ingest_unauthorized=curve.ingest.unauthorized,
             paused=self.paused,
+            peers=[pull.peers.statistics() for pull in self._pulls],
         )
 
     # -- stop --------------------------------------------------------------------
@@ -588,8 +813,7 @@ class Agent:
                 break
             if self._turn(min(STOP_IDLE_S, self._poll_timeout(now))):
                 last_frame = time.monotonic()
-        self._poller.unregister(self.pull)
-        self.pull.close(0)
+        self._stop_ingest()
         parked, lost = self.pressure.park_in_memory_events()
         self._next_drop_log = 0.0
         self._timers(time.monotonic())  # log what was evicted, once per class
@@ -635,6 +859,60 @@ def _read_burst(sock: zmq.Socket) -> tuple[list[bytes], int]:
         if nbytes >= INGEST_MAX_BYTES:
             break
     return frames, multipart
+
+
+def _endpoint_list(bind: Sequence[str], connect: Sequence[str]) -> str:
+    """`bind A, B, connect C` for the start-up log."""
+    parts = []
+    if bind:
+        parts.append("bind " + ", ".join(bind))
+    if connect:
+        parts.append("connect " + ", ".join(connect))
+    return " ".join(parts) or "none"
+
+
+def _shutdown_connection(fd: int, endpoint: str) -> bool:
+    """Shut down the connection libzmq reported as accepted on descriptor `fd`
+    by the listener at `endpoint`; libzmq then sees the connection end, closes
+    `fd` itself and reports DISCONNECTED. Works on a duplicate: this thread
+    never closes libzmq's descriptor. The number may have been reused since the
+    event (libzmq closed it meanwhile), so only a connection whose local
+    address is that listener's is touched. False: nothing was shut down."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return False
+    try:
+        conn = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return False
+    with conn:
+        try:
+            if not _local_address_is(conn, endpoint):
+                return False
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return False
+    return True
+
+
+def _local_address_is(conn: socket.socket, endpoint: str) -> bool:
+    """Is `conn` a connection accepted by the listener at `endpoint`
+    (`tcp://addr:port`, `ipc:///path`, `ipc://@name`)?"""
+    if conn.type != socket.SOCK_STREAM:
+        return False
+    local = conn.getsockname()
+    if endpoint.startswith("tcp://") and conn.family in (socket.AF_INET, socket.AF_INET6):
+        return str(local[1]) == endpoint.rpartition(":")[2]
+    if endpoint.startswith("ipc://") and conn.family == socket.AF_UNIX:
+        path = endpoint[len("ipc://") :]
+        if path.startswith("@"):
+            path = "\0" + path[1:]
+        if isinstance(local, bytes):
+            local = local.decode("utf-8", "surrogateescape")
+        return bool(local == path)
+    return False
 
 
 def run_agent(settings: Settings, config_path: str | None = None) -> int:

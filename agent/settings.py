@@ -36,11 +36,29 @@ class IngestSettings:
     connect: tuple[str, ...] = ()
     # ZMQ_MAXMSGSIZE: a larger frame disconnects the peer (contract default 1 MiB).
     max_frame_bytes: int = 1 * MiB
-    # ZMQ_RCVHWM in frames. Frames waiting here are ahead of any critical alert
-    # from the same collectors, so it stays modest: 1000 frames drain in ~2 ms
-    # at the agent's ingest rate.
+    # ZMQ_RCVHWM in frames, per connected peer (libzmq keeps one pipe each).
+    # Frames waiting here are ahead of any critical alert on the same socket,
+    # and they are memory outside the budget (README, worst case). Chosen by
+    # measurement: RCVHWM_DEFAULT below.
     rcvhwm: int = 1000
     curve: CurveSettings = dataclasses.field(default_factory=CurveSettings)
+    # The alert lane (INTERFACE.md): a second PULL socket with the same framing,
+    # rules, size limit, buffers and CURVE settings, read before every bulk
+    # burst. No endpoints: no lane.
+    priority_bind: tuple[str, ...] = ()
+    priority_connect: tuple[str, ...] = ()
+    # SO_RCVBUF in bytes on both PULL sockets (Linux doubles it for its own
+    # bookkeeping). Like rcvhwm: FIFO ahead of the next alert, per peer.
+    rcvbuf_bytes: int = 64 * 1024
+    # Connections a PULL socket (bulk, and the lane separately) keeps at once;
+    # the next one is closed as soon as it is accepted. With rcvhwm and
+    # max_frame_bytes it bounds what libzmq may hold (README, worst case).
+    max_peers: int = 64
+
+    @property
+    def lane(self) -> bool:
+        """Is there an alert lane?"""
+        return bool(self.priority_bind or self.priority_connect)
 
 
 @dataclasses.dataclass(frozen=True)

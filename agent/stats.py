@@ -55,14 +55,34 @@ class SpillStats:
 
 
 @dataclasses.dataclass(frozen=True)
+class LaneStats:
+    """The alert lane's share of the ingest counters (INTERFACE.md, issue 9)."""
+
+    configured: bool = False  # ingest.priority_bind / priority_connect given
+    frames: int = 0  # frames read from the lane (also in IngestStats.frames)
+    events: int = 0  # valid events from the lane (also in IngestStats.events)
+    # Lane events whose class is not critical: a collector that sends more than
+    # alerts there is misconfigured (it only buys them reading order).
+    noncritical: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class IngestStats:
-    frames: int = 0
+    frames: int = 0  # both PULL sockets (bulk and lane)
     events: int = 0
     rejected_total: int = 0
     rejected_by_reason: tuple[tuple[str, int], ...] = ()
-    disconnects: int = 0  # peers dropped by ZeroMQ, e.g. for an oversize frame
+    # Connections that ended after their handshake: the collector closed, or
+    # ZeroMQ dropped it for a frame over max_frame_bytes or a missed heartbeat.
+    # libzmq 4.3 reports these alike (agent/peers.py), so they are one number.
+    disconnects: int = 0
     paused: bool = False  # not reading: buffers full and nowhere to spill
     unauthorized: int = 0  # CURVE handshakes refused (issue 5)
+    lane: LaneStats = LaneStats()
+    peers: int = 0  # connections open now on both PULL sockets
+    max_peers: int = 0  # ingest.max_peers: the cap per PULL socket
+    peers_refused: int = 0  # connections closed at once: max_peers were open
+    failed_handshakes: int = 0  # ended before the handshake completed (probes, refusals)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +167,7 @@ class Snapshot:
     ingest: IngestStats
     upstream: UpstreamStats
     critical_latency: LatencyHistogram = LatencyHistogram()
+    ingest_path: str = "python"  # "compiled" | "python": the ingest core that runs (issue 10)
 
     def to_json(self) -> dict[str, Any]:
         b = self.buffer
@@ -200,6 +221,18 @@ class Snapshot:
                 "disconnects": self.ingest.disconnects,
                 "paused": self.ingest.paused,
                 "unauthorized": self.ingest.unauthorized,
+                "lane": {
+                    "configured": self.ingest.lane.configured,
+                    "frames": self.ingest.lane.frames,
+                    "events": self.ingest.lane.events,
+                    "noncritical": self.ingest.lane.noncritical,
+                },
+                "peers": {
+                    "connected": self.ingest.peers,
+                    "max": self.ingest.max_peers,
+                    "refused": self.ingest.peers_refused,
+                    "failed_handshakes": self.ingest.failed_handshakes,
+                },
             },
             "upstream": {
                 "subscribers": self.upstream.subscribers,
@@ -224,6 +257,7 @@ class Snapshot:
                 "started_at": self.started_at,
                 "taken_at": self.taken_at,
                 "uptime_s": round(self.taken_at - self.started_at, 3),
+                "ingest_path": self.ingest_path,
             },
         }
 

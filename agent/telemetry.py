@@ -2,7 +2,8 @@
 
 This module owns every counter a person may ask about that no component keeps
 for itself: events per class (received, delivered, spilled, recovered,
-dropped), ingest frames, events and rejects by reason, collector disconnects,
+dropped), ingest frames, events and rejects by reason, the alert lane's share
+of them, collector disconnects and peers (from agent/peers.py's tables),
 the critical-latency bookkeeping (arrival marks -> histogram), the drain rate
 behind the technician's ETA, and the assembly of the frozen `Snapshot` from the
 components' `statistics()`.
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from agent.classes import CLASSES
@@ -38,6 +39,7 @@ from agent.stats import (
     BufferStats,
     ClassStats,
     IngestStats,
+    LaneStats,
     LatencyRecorder,
     Snapshot,
     SpillStats,
@@ -46,6 +48,7 @@ from agent.stats import (
 
 if TYPE_CHECKING:  # only the types: this module touches no file and no socket
     from agent.governor import GovernorStats
+    from agent.peers import PeerStats
     from agent.queues import ClassQueues
     from agent.spill.store import SpillStoreStats
 
@@ -81,6 +84,9 @@ class AgentIdentity:
     budget_bytes: int
     critical_reserve_bytes: int
     spill_dir: str
+    lane_configured: bool = False  # an alert lane is configured
+    ingest_path: str = "python"  # "compiled" | "python" (agent/fastpath.py)
+    max_peers: int = 0  # ingest.max_peers, per PULL socket
 
 
 class Telemetry:
@@ -94,6 +100,11 @@ class Telemetry:
         self.events_in = 0
         self.rejected: dict[str, int] = {}
         self.disconnects = 0
+        # The alert lane's share of frames / events, and its events that were
+        # not critical (a misconfigured collector shows here).
+        self.lane_frames = 0
+        self.lane_events = 0
+        self.lane_noncritical = 0
         self.latency = LatencyRecorder()
         # [events, arrival time] per ingest burst of critical events still in
         # memory, in queue order (see the invariant in the module header).
@@ -113,11 +124,19 @@ class Telemetry:
         for reason, n in rejected.items():
             self.reject(reason, n)
 
+    def lane_ingested(self, frames: int, accepted: int, critical: int) -> None:
+        """Of a burst already counted by `ingested`: it came from the alert
+        lane, and `critical` of its `accepted` events are critical."""
+        self.lane_frames += frames
+        self.lane_events += accepted
+        self.lane_noncritical += accepted - critical
+
     def reject(self, reason: str, n: int = 1) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + n
 
     def disconnected(self) -> None:
-        """A collector went away (or ZeroMQ dropped it for an oversize frame)."""
+        """A collector went away (or ZeroMQ dropped it for an oversize frame).
+        The loop counts through agent/peers.py instead (passed to snapshot)."""
         self.disconnects += 1
 
     # -- the buffer policy's moves --------------------------------------------
@@ -213,8 +232,10 @@ class Telemetry:
         upstream: UpstreamStats,
         ingest_unauthorized: int,
         paused: bool,
+        peers: Sequence[PeerStats] = (),
     ) -> Snapshot:
-        """Everything a person may ask, from each component's statistics()."""
+        """Everything a person may ask, from each component's statistics().
+        `peers`: the PeerTable statistics of each PULL socket (bulk, lane)."""
         ident = self.identity
         classes = tuple(
             ClassStats(
@@ -263,10 +284,21 @@ class Telemetry:
                 events=self.events_in,
                 rejected_total=sum(self.rejected.values()),
                 rejected_by_reason=tuple(sorted(self.rejected.items())),
-                disconnects=self.disconnects,
+                disconnects=self.disconnects + sum(p.disconnects for p in peers),
                 paused=paused,
                 unauthorized=ingest_unauthorized,
+                lane=LaneStats(
+                    configured=ident.lane_configured,
+                    frames=self.lane_frames,
+                    events=self.lane_events,
+                    noncritical=self.lane_noncritical,
+                ),
+                peers=sum(p.connected for p in peers),
+                max_peers=ident.max_peers,
+                peers_refused=sum(p.refused for p in peers),
+                failed_handshakes=sum(p.failed_handshakes for p in peers),
             ),
             upstream=upstream,
             critical_latency=self.latency.snapshot(),
+            ingest_path=ident.ingest_path,
         )

@@ -1,0 +1,143 @@
+"""Who is connected to one PULL socket, from its monitor events; the peer cap.
+
+This module owns the bookkeeping behind `ingest.max_peers` and the split of
+`ingest.disconnects` (issue 12 item 7, issue 13 item 6). The loop reads the
+socket monitor and calls one method per event; this module decides, and the
+loop applies (it closes what `accepted` says to refuse). Pure: no zmq, no
+socket, no clock; a connection is the descriptor number libzmq reports.
+
+What libzmq 4.3.5 tells (src/stream_engine_base.cpp, checked here):
+- EVENT_ACCEPTED (value: the new connection's descriptor) for every connection
+  a bind accepts, before its handshake; EVENT_CONNECTED (descriptor) for every
+  connection a `connect` endpoint makes.
+- EVENT_DISCONNECTED (descriptor) once for every connection that ends, emitted
+  before libzmq closes that descriptor: the peer closed, a frame over
+  MAXMSGSIZE (a decoder error: `error(protocol_error)`), a heartbeat timeout,
+  a failed handshake, or our own refusal. The first three look exactly the
+  same (the same event, the same value), so they are one counter:
+  `disconnects`.
+- A failed handshake emits exactly one EVENT_HANDSHAKE_FAILED_* (NO_DETAIL,
+  PROTOCOL or AUTH) before its DISCONNECTED; HANDSHAKE_SUCCEEDED carries no
+  descriptor. So failed handshakes are told apart by count, not by
+  descriptor: a DISCONNECTED is charged to a failed handshake while one is
+  outstanding. Interleaved connections can swap which DISCONNECTED is charged
+  to which, never the totals.
+
+The cap: a bound connection beyond `max_peers` is refused (`accepted` returns
+True and the loop shuts that connection down). A libzmq peer reconnects after
+its RECONNECT_IVL (100 ms by default) and gets in once a place is free; every
+refusal is counted. Connections the agent makes itself (`connect` endpoints)
+count but are never refused: the config lists them, so they are bounded.
+
+# Invariant: connected ∩ refusing = ∅; len(connected) - outgoing <= max_peers
+#   once every refusal is applied (outgoing: connections from `connect`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerStats:
+    connected: int = 0  # connections open now
+    refused: int = 0  # connections closed at once because max_peers were open
+    failed_handshakes: int = 0  # connections that ended before a handshake completed
+    disconnects: int = 0  # connections that ended otherwise (see the module header)
+
+
+class PeerTable:
+    """The connections of one PULL socket, as its monitor reports them."""
+
+    __slots__ = (
+        "max_peers",
+        "_connected",
+        "_outgoing",
+        "_refusing",
+        "_failures_pending",
+        "refused",
+        "failed_handshakes",
+        "disconnects",
+    )
+
+    def __init__(self, max_peers: int) -> None:
+        if max_peers < 1:
+            raise ValueError("max_peers must be >= 1")
+        self.max_peers = max_peers
+        self._connected: set[int] = set()
+        self._outgoing: set[int] = set()
+        self._refusing: set[int] = set()
+        self._failures_pending = 0
+        self.refused = 0
+        self.failed_handshakes = 0
+        self.disconnects = 0
+
+    @property
+    def connected(self) -> int:
+        return len(self._connected)
+
+    def accepted(self, fd: int) -> bool:
+        """A bind accepted connection `fd`. True: refuse it (close it now)."""
+        self._forget(fd)  # a descriptor number is reused once libzmq closed it
+        if len(self._connected) - len(self._outgoing) >= self.max_peers:
+            self._refusing.add(fd)
+            self.refused += 1
+            return True
+        self._connected.add(fd)
+        return False
+
+    def connected_out(self, fd: int) -> None:
+        """A `connect` endpoint of ours made connection `fd` (never refused)."""
+        self._forget(fd)
+        self._connected.add(fd)
+        self._outgoing.add(fd)
+
+    def handshake_failed(self) -> None:
+        """A handshake failed; its DISCONNECTED follows."""
+        self.failed_handshakes += 1
+        self._failures_pending += 1
+
+    def disconnected(self, fd: int) -> None:
+        """Connection `fd` ended."""
+        if fd in self._refusing:
+            self._refusing.discard(fd)  # ours, counted as refused
+            return
+        self._connected.discard(fd)
+        self._outgoing.discard(fd)
+        if self._failures_pending:
+            self._failures_pending -= 1
+        else:
+            self.disconnects += 1
+
+    def _forget(self, fd: int) -> None:
+        self._refusing.discard(fd)
+        self._connected.discard(fd)
+        self._outgoing.discard(fd)
+
+    def statistics(self) -> PeerStats:
+        return PeerStats(
+            connected=len(self._connected),
+            refused=self.refused,
+            failed_handshakes=self.failed_handshakes,
+            disconnects=self.disconnects,
+        )
+
+
+# libzmq's decoder reads a connection through a buffer of this size
+# (ZMQ_IN_BATCH_SIZE, default 8192 bytes in libzmq 4.3).
+LIBZMQ_IN_BATCH_BYTES = 8192
+
+
+def worst_case_bytes(rcvhwm: int, max_frame_bytes: int, rcvbuf_bytes: int, connections: int) -> int:
+    """The most libzmq and the kernel may hold for `connections` ingest
+    connections, outside the agent's budget, while the loop does not read
+    (paused, or busy): per connection, RCVHWM frames in its pipe, one more
+    decoded frame the engine holds while the pipe is full, one frame being
+    received (libzmq allocates the announced size up front, MAXMSGSIZE at
+    most), the decoder's batch buffer, and the kernel's receive buffer (Linux
+    doubles SO_RCVBUF for its bookkeeping)."""
+    per_connection = (rcvhwm + 2) * max_frame_bytes + 2 * rcvbuf_bytes + LIBZMQ_IN_BATCH_BYTES
+    return connections * per_connection
+
+
+__all__ = ["LIBZMQ_IN_BATCH_BYTES", "PeerStats", "PeerTable", "worst_case_bytes"]
