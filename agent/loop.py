@@ -57,7 +57,7 @@ from agent.peers import PeerTable, worst_case_bytes
 from agent.pressure import BufferPressure
 from agent.queues import CHUNK_BYTES, ClassQueues
 from agent.routes import BACKPRESSURE_PATH
-from agent.settings import Settings
+from agent.settings import IngestSettings, Settings
 from agent.spill import SpillError, SpillStore, next_epoch
 from agent.stats import Snapshot
 from agent.telemetry import AgentIdentity, Telemetry
@@ -345,21 +345,7 @@ class Agent:
         sock = self.ctx.socket(zmq.PULL)
         pull = _Pull(name, sock, s.max_peers, lane=name == "lane")
         self._pulls.append(pull)
-        for option, value in (
-            (zmq.MAXMSGSIZE, s.max_frame_bytes),
-            (zmq.RCVHWM, s.rcvhwm),
-            (zmq.RCVBUF, s.rcvbuf_bytes),
-            (zmq.LINGER, 0),
-            (zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS),
-            (zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS),
-            (zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS),
-            (zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS),
-            (zmq.TCP_KEEPALIVE, 1),
-            (zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S),
-            (zmq.TCP_KEEPALIVE_INTVL, TCP_KEEPALIVE_INTVL_S),
-            (zmq.TCP_KEEPALIVE_CNT, TCP_KEEPALIVE_CNT),
-        ):
-            sock.setsockopt(option, value)
+        configure_pull(sock, s)
         # Both sockets admit the same collectors: the lane is secured under the
         # ingest name (same keys, same ZAP domain, refusals counted together).
         # The loop owns each PULL's monitor (a socket has one): the guard's
@@ -859,6 +845,31 @@ def _read_burst(sock: zmq.Socket) -> tuple[list[bytes], int]:
         if nbytes >= INGEST_MAX_BYTES:
             break
     return frames, multipart
+
+
+def ingest_socket_options(s: IngestSettings) -> list[tuple[int, int]]:
+    """(option, value) for each PULL socket the agent opens: the bulk one and
+    the lane alike (INTERFACE.md: same size limit, same buffers)."""
+    return [
+        (zmq.MAXMSGSIZE, s.max_frame_bytes),
+        (zmq.RCVHWM, s.rcvhwm),
+        (zmq.RCVBUF, s.rcvbuf_bytes),
+        (zmq.LINGER, 0),
+        (zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS),
+        (zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS),
+        (zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS),
+        (zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS),
+        (zmq.TCP_KEEPALIVE, 1),
+        (zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S),
+        (zmq.TCP_KEEPALIVE_INTVL, TCP_KEEPALIVE_INTVL_S),
+        (zmq.TCP_KEEPALIVE_CNT, TCP_KEEPALIVE_CNT),
+    ]
+
+
+def configure_pull(sock: zmq.Socket, s: IngestSettings) -> None:
+    """Set `ingest_socket_options(s)` on `sock`, before it binds or connects."""
+    for option, value in ingest_socket_options(s):
+        sock.setsockopt(option, value)
 
 
 def _endpoint_list(bind: Sequence[str], connect: Sequence[str]) -> str:

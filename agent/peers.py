@@ -12,16 +12,18 @@ What libzmq 4.3.5 tells (src/stream_engine_base.cpp, checked here):
   connection a `connect` endpoint makes.
 - EVENT_DISCONNECTED (descriptor) once for every connection that ends, emitted
   before libzmq closes that descriptor: the peer closed, a frame over
-  MAXMSGSIZE (a decoder error: `error(protocol_error)`), a heartbeat timeout,
-  a failed handshake, or our own refusal. The first three look exactly the
-  same (the same event, the same value), so they are one counter:
-  `disconnects`.
-- A failed handshake emits exactly one EVENT_HANDSHAKE_FAILED_* (NO_DETAIL,
-  PROTOCOL or AUTH) before its DISCONNECTED; HANDSHAKE_SUCCEEDED carries no
-  descriptor. So failed handshakes are told apart by count, not by
-  descriptor: a DISCONNECTED is charged to a failed handshake while one is
-  outstanding. Interleaved connections can swap which DISCONNECTED is charged
-  to which, never the totals.
+  MAXMSGSIZE (a decoder error, `error(protocol_error)`, which emits nothing
+  else once the handshake is done), a heartbeat timeout, a failed handshake,
+  or our own refusal. Only our refusals can be told apart (we know their
+  descriptors): the rest is one counter, `disconnects`. Measured here: a PUSH
+  that sent a frame over MAXMSGSIZE and one that closed give the same
+  ACCEPTED, HANDSHAKE_SUCCEEDED, DISCONNECTED sequence with the same values.
+- A failed handshake emits one EVENT_HANDSHAKE_FAILED_* (NO_DETAIL, PROTOCOL
+  or AUTH) before its DISCONNECTED, with an errno or a protocol code as value,
+  not the descriptor, and HANDSHAKE_SUCCEEDED carries none either. So failed
+  handshakes are counted (`failed_handshakes`) but not matched to their
+  DISCONNECTED: they are in `disconnects` too, and collectors that left after
+  a completed handshake are about `disconnects - failed_handshakes`.
 
 The cap: a bound connection beyond `max_peers` is refused (`accepted` returns
 True and the loop shuts that connection down). A libzmq peer reconnects after
@@ -29,8 +31,8 @@ its RECONNECT_IVL (100 ms by default) and gets in once a place is free; every
 refusal is counted. Connections the agent makes itself (`connect` endpoints)
 count but are never refused: the config lists them, so they are bounded.
 
-# Invariant: connected ∩ refusing = ∅; len(connected) - outgoing <= max_peers
-#   once every refusal is applied (outgoing: connections from `connect`).
+# Invariant: connected ∩ refusing = ∅; len(connected - outgoing) <= max_peers
+#   (outgoing: connections from `connect`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ import dataclasses
 class PeerStats:
     connected: int = 0  # connections open now
     refused: int = 0  # connections closed at once because max_peers were open
-    failed_handshakes: int = 0  # connections that ended before a handshake completed
-    disconnects: int = 0  # connections that ended otherwise (see the module header)
+    failed_handshakes: int = 0  # handshakes that failed (refused connections' too)
+    disconnects: int = 0  # connections that ended, our refusals excepted (module header)
 
 
 class PeerTable:
@@ -54,7 +56,6 @@ class PeerTable:
         "_connected",
         "_outgoing",
         "_refusing",
-        "_failures_pending",
         "refused",
         "failed_handshakes",
         "disconnects",
@@ -67,7 +68,6 @@ class PeerTable:
         self._connected: set[int] = set()
         self._outgoing: set[int] = set()
         self._refusing: set[int] = set()
-        self._failures_pending = 0
         self.refused = 0
         self.failed_handshakes = 0
         self.disconnects = 0
@@ -93,9 +93,8 @@ class PeerTable:
         self._outgoing.add(fd)
 
     def handshake_failed(self) -> None:
-        """A handshake failed; its DISCONNECTED follows."""
+        """A handshake failed (its DISCONNECTED follows, counted there too)."""
         self.failed_handshakes += 1
-        self._failures_pending += 1
 
     def disconnected(self, fd: int) -> None:
         """Connection `fd` ended."""
@@ -104,10 +103,7 @@ class PeerTable:
             return
         self._connected.discard(fd)
         self._outgoing.discard(fd)
-        if self._failures_pending:
-            self._failures_pending -= 1
-        else:
-            self.disconnects += 1
+        self.disconnects += 1
 
     def _forget(self, fd: int) -> None:
         self._refusing.discard(fd)

@@ -72,9 +72,10 @@ class IngestStats:
     events: int = 0
     rejected_total: int = 0
     rejected_by_reason: tuple[tuple[str, int], ...] = ()
-    # Connections that ended after their handshake: the collector closed, or
-    # ZeroMQ dropped it for a frame over max_frame_bytes or a missed heartbeat.
-    # libzmq 4.3 reports these alike (agent/peers.py), so they are one number.
+    # Connections that ended, our own max_peers refusals excepted: the
+    # collector closed, ZeroMQ dropped it for a frame over max_frame_bytes or
+    # a missed heartbeat, or its handshake failed. libzmq 4.3 reports these
+    # alike (agent/peers.py), so they are one number.
     disconnects: int = 0
     paused: bool = False  # not reading: buffers full and nowhere to spill
     unauthorized: int = 0  # CURVE handshakes refused (issue 5)
@@ -82,7 +83,7 @@ class IngestStats:
     peers: int = 0  # connections open now on both PULL sockets
     max_peers: int = 0  # ingest.max_peers: the cap per PULL socket
     peers_refused: int = 0  # connections closed at once: max_peers were open
-    failed_handshakes: int = 0  # ended before the handshake completed (probes, refusals)
+    failed_handshakes: int = 0  # handshakes that failed (probes; CURVE refusals too)
 
 
 @dataclasses.dataclass(frozen=True)
