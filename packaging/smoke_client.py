@@ -8,7 +8,10 @@ contract end to end over the agent's ipc:// endpoints and its HTTP endpoint:
              events, plus 3 bad frames) are pushed; every event must come out
              exactly once, byte for byte, in order within its class, with
              well-formed headers (seq 1, 2, ... per class), and the endpoint
-             must count N received = N delivered and 3 rejected.
+             must count N received = N delivered and 3 rejected. With --lane,
+             one alert is also sent on the alert lane, as a lane-aware
+             collector would: it must come out once, as critical, and the
+             endpoint must count it under ingest.lane.
   send       push N events with no subscriber and wait until the endpoint has
              accepted them all (they stay queued: no silent loss); the smoke
              script then stops the agent, which parks them in the spill files.
@@ -89,6 +92,23 @@ def push(ctx: zmq.Context, endpoint: str, tag: str, count: int, bad: bool) -> No
     sock.close()
 
 
+def lane_alert(tag: str) -> bytes:
+    return cbor2.dumps(
+        {"meter": "lane", "ts": 1_790_000_000_000, "type": "last_gasp", "tag": tag + "-lane"}
+    )
+
+
+def push_alert(ctx: zmq.Context, endpoint: str, tag: str) -> None:
+    """One alert on the alert lane, sent the way the README tells collectors
+    to: its own PUSH socket, a small SNDHWM, linger long enough to deliver."""
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 100)
+    sock.setsockopt(zmq.LINGER, 30_000)
+    sock.connect(endpoint)
+    sock.send(lane_alert(tag))
+    sock.close()
+
+
 def collect(sock: zmq.Socket, count: int, timeout: float) -> list[tuple[str, dict, list[bytes]]]:
     messages = []
     got = 0
@@ -157,6 +177,7 @@ def main() -> int:
     p.add_argument("mode", choices=("roundtrip", "send", "receive"))
     p.add_argument("--ingest", required=True)
     p.add_argument("--upstream", required=True)
+    p.add_argument("--lane", help="the alert lane's endpoint (roundtrip sends an alert there)")
     p.add_argument("--url", required=True, help="the agent's HTTP base URL")
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--tag", default="smoke")
@@ -185,17 +206,37 @@ def main() -> int:
         sub.setsockopt(zmq.LINGER, 0)
         sub.connect(a.upstream)
         sub.subscribe(b"")
+        lane = a.mode == "roundtrip" and a.lane is not None
         if a.mode == "roundtrip":
             push(ctx, a.ingest, a.tag, a.events, bad=True)
-        messages = collect(sub, a.events, a.timeout)
+            if lane:
+                push_alert(ctx, a.lane, a.tag)
+        messages = collect(sub, a.events + lane, a.timeout)
+        alert = lane_alert(a.tag)
+        # The lane's alert is checked on its own; the rest as without a lane.
+        alerts = [c for c, _, events in messages for e in events if e == alert]
+        messages = [
+            (
+                c,
+                {**h, "count": h.get("count", 0) - events.count(alert)},
+                [e for e in events if e != alert],
+            )
+            for c, h, events in messages
+        ]
         result.update(verify(messages, a.tag, a.events, a.agent_id))
+        result["events_out"] += len(alerts)
+        if lane:
+            result["lane_alert"] = alerts
+            if alerts != ["critical"]:
+                result["problems"].append(f"the lane's alert came out as {alerts}, not once")
         # The endpoint is a snapshot refreshed every 0.25 s: wait for it to agree.
         bad = len(BAD_FRAMES) if a.mode == "roundtrip" else 0
 
         def agrees() -> dict[str, Any] | None:
             d = get(a.url)
             delivered = sum(c["delivered"] for c in d["priorities"].values())
-            if delivered == result["events_out"] and d["rejected"]["total"] >= bad:
+            lane_ok = not lane or d["ingest"].get("lane", {}).get("events", 0) >= 1
+            if delivered == result["events_out"] and d["rejected"]["total"] >= bad and lane_ok:
                 return d
             return None
 
@@ -203,6 +244,10 @@ def main() -> int:
         result["endpoint_delivered"] = sum(c["delivered"] for c in doc["priorities"].values())
         result["endpoint_rejected"] = doc["rejected"]
         result["endpoint_recovered"] = doc["spill"]["recovered_events"]
+        if lane:
+            result["endpoint_lane"] = doc["ingest"]["lane"]
+            if doc["ingest"]["lane"].get("noncritical"):
+                result["problems"].append(f"lane counts {doc['ingest']['lane']}")
         if a.mode == "roundtrip" and doc["rejected"]["total"] != bad:
             result["problems"].append(f"rejected {doc['rejected']} != {bad} bad frames")
         if a.mode == "receive" and doc["spill"]["recovered_events"] < a.events:

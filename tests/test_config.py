@@ -51,8 +51,12 @@ ALL_KEYS = [
     "agent.log_level",
     "ingest.bind",
     "ingest.connect",
+    "ingest.priority_bind",
+    "ingest.priority_connect",
     "ingest.max_frame_bytes",
     "ingest.rcvhwm",
+    "ingest.rcvbuf_bytes",
+    "ingest.max_peers",
     "ingest.curve.secret_key_file",
     "ingest.curve.allowed_keys_dir",
     "upstream.bind",
@@ -140,7 +144,11 @@ bind = "127.0.0.1:8080"             # host:port of the technician endpoint
 
 def test_production_config_parses_with_the_contract_values() -> None:
     s = load_config(PACKAGING / "agent.toml")
-    assert s == Settings()  # it writes the defaults out, it changes none
+    # It writes the defaults out and changes none, but it has the alert lane
+    # (INTERFACE.md: "the packaged config has one") on the port next to 5557/5558.
+    lane = dataclasses.replace(Settings().ingest, priority_bind=("tcp://0.0.0.0:5559",))
+    assert s == dataclasses.replace(Settings(), ingest=lane)
+    assert Settings().ingest.lane is False and s.ingest.lane is True
     assert s.spill.dir == "/var/lib/edge-agent/spill"
 
 
@@ -165,8 +173,9 @@ def test_dev_config_stays_on_loopback_and_inside_the_checkout() -> None:
     s = load_config(PACKAGING / "dev.toml")
     checkout = PACKAGING.parent
     assert s.ingest.bind == ("tcp://127.0.0.1:5557",)
+    assert s.ingest.priority_bind == ("tcp://127.0.0.1:5559",)
     assert s.upstream.bind == ("tcp://127.0.0.1:5558",)
-    assert s.ingest.connect == s.upstream.connect == ()
+    assert s.ingest.connect == s.upstream.connect == s.ingest.priority_connect == ()
     assert s.http == HttpSettings("127.0.0.1", 8080)
     assert s.spill.dir == str(checkout / "var" / "spill")
     assert s.buffer == BufferSettings()  # the default budget
@@ -194,6 +203,8 @@ KEY_CASES: list[tuple[str, str, str, list[str], str]] = [
     ("agent.log_level", "1", "integer", ['"verbose"', '"INFO"', '""'], ""),
     ("ingest.max_frame_bytes", '"1MiB"', "string", ["63", "67108865", "-1"], ""),
     ("ingest.rcvhwm", "1.0", "float", ["0", "1000001"], ""),
+    ("ingest.rcvbuf_bytes", '"64KiB"', "string", ["4095", "67108865"], ""),
+    ("ingest.max_peers", "2.5", "float", ["0", "10001"], ""),
     ("upstream.batch_max_events", "true", "boolean", ["0", "65536"], ""),
     ("upstream.batch_max_bytes", "[1024]", "array", ["1023", "16777217"], ""),
     ("upstream.linger_ms", '"5ms"', "string", ["-1", "10001"], ""),
@@ -210,6 +221,10 @@ KEY_CASES: list[tuple[str, str, str, list[str], str]] = [
         (f"{sock}.{ends}", '"tcp://127.0.0.1:5557"', "string", ['["udp://h:1"]', '[""]'], "")
         for sock in ("ingest", "upstream")
         for ends in ("bind", "connect")
+    ),
+    *(
+        (f"ingest.{key}", '"tcp://127.0.0.1:5559"', "string", ['["udp://h:1"]', '[""]'], "")
+        for key in ("priority_bind", "priority_connect")
     ),
     *(
         (f"{sock}.curve.{key}", "1", "integer", ['""', '"~/k"'], extra)
@@ -621,7 +636,17 @@ def test_changed_keys_knows_every_key() -> None:
     old = parse_config({})
     new = Settings(
         agent=dataclasses.replace(old.agent, id=old.agent.id + "x", log_level="error"),
-        ingest=IngestSettings(("tcp://*:1",), ("tcp://h:2",), 64, 1, CurveSettings("/a", "/b")),
+        ingest=IngestSettings(
+            ("tcp://*:1",),
+            ("tcp://h:2",),
+            64,
+            1,
+            CurveSettings("/a", "/b"),
+            priority_bind=("tcp://*:5",),
+            priority_connect=("tcp://h:6",),
+            rcvbuf_bytes=4096,
+            max_peers=1,
+        ),
         upstream=UpstreamSettings(
             ("tcp://*:3",), ("tcp://h:4",), 1, 1024, 0, 1, 4096, CurveSettings("/c", "/d")
         ),
@@ -1062,3 +1087,94 @@ def test_a_small_spill_names_the_frame_size_and_the_fix() -> None:
     parse_config_text("[spill]\nmax_bytes = 16842752\n")
     # Any budget from 8 MiB up leaves the default spill size valid.
     parse_config_text("[buffer]\nbudget_bytes = 8388608\n[spill]\nmax_bytes = 2147483648\n")
+
+
+# ---------------------------------------------------------------------------
+# The alert lane and the ingest buffers (issue 9, issue 13 item 6)
+
+
+def test_no_lane_by_default_and_a_lane_shares_the_ingest_settings() -> None:
+    assert parse_config({}).ingest.lane is False
+    s = parse_config_text(
+        '[ingest]\npriority_bind = ["tcp://0.0.0.0:5559"]\n'
+        'priority_connect = ["tcp://collector-7:6000"]\nrcvhwm = 50\nrcvbuf_bytes = 8192\n'
+        "max_peers = 8\n"
+    )
+    assert s.ingest.lane is True
+    assert s.ingest.priority_bind == ("tcp://0.0.0.0:5559",)
+    assert s.ingest.priority_connect == ("tcp://collector-7:6000",)
+    assert (s.ingest.rcvhwm, s.ingest.rcvbuf_bytes, s.ingest.max_peers) == (50, 8192, 8)
+    assert parse_config_text('[ingest]\npriority_connect = ["ipc:///run/l"]\n').ingest.lane
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "other"),
+    [
+        # The same port as another bind (exactly, or under a wildcard).
+        ('priority_bind = ["tcp://0.0.0.0:5557"]', "ingest.priority_bind", "ingest.bind"),
+        ('priority_bind = ["tcp://127.0.0.1:5558"]', "ingest.priority_bind", "upstream.bind"),
+        ('priority_bind = ["tcp://*:8080"]', "http.bind", "ingest.priority_bind"),
+        # The same place as another endpoint, bind or connect.
+        (
+            'connect = ["tcp://c:1"]\npriority_connect = ["tcp://C:01"]',
+            "ingest.priority_connect",
+            "ingest.connect",
+        ),
+        (
+            'bind = ["ipc:///run/in"]\npriority_connect = ["ipc:///run/in"]',
+            "ingest.priority_connect",
+            "ingest.bind",
+        ),
+    ],
+)
+def test_a_lane_endpoint_that_clashes_names_both_keys(lines: str, key: str, other: str) -> None:
+    http = '\n[http]\nbind = "0.0.0.0:8080"\n' if "8080" in lines else ""
+    err = error_of(f"[ingest]\n{lines}\n{http}")
+    assert err.key == key
+    assert other in err.problem
+
+
+def test_a_lane_endpoint_shared_with_upstream_connect_is_refused() -> None:
+    err = error_of(
+        '[ingest]\npriority_connect = ["tcp://h:7"]\n[upstream]\nconnect = ["tcp://h:7"]\n'
+    )
+    assert err.key == "ingest.priority_connect"
+    assert "upstream.connect" in err.problem and "of its own" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "problem"),
+    [
+        ('priority_bind = ["tcp://h"]', "ingest.priority_bind", "host:port"),
+        ('priority_bind = ["ipc://relative"]', "ingest.priority_bind", "absolute"),
+        ('priority_connect = ["tcp://*:5559"]', "ingest.priority_connect", "'*'"),
+        ('priority_bind = "tcp://0.0.0.0:5559"', "ingest.priority_bind", "write ["),
+        (
+            'priority_bind = ["tcp://0.0.0.0:5559", "tcp://0.0.0.0:5559"]',
+            "ingest.priority_bind",
+            "listed twice",
+        ),
+        (
+            'priority_bind = ["ipc:///run/l"]\npriority_connect = ["ipc:///run/l"]',
+            "ingest.priority_connect",
+            "also in ingest.priority_bind",
+        ),
+    ],
+)
+def test_a_bad_lane_endpoint_names_the_key(lines: str, key: str, problem: str) -> None:
+    err = error_of(f"[ingest]\n{lines}\n")
+    assert err.key == key
+    assert problem in err.problem
+
+
+def test_a_lane_alone_does_not_replace_the_default_bulk_bind() -> None:
+    s = parse_config_text('[ingest]\npriority_bind = ["tcp://0.0.0.0:5559"]\n')
+    assert s.ingest.bind == ("tcp://0.0.0.0:5557",)
+
+
+def test_lane_keys_need_a_restart() -> None:
+    old = parse_config({})
+    new = parse_config_text('[ingest]\npriority_bind = ["tcp://0.0.0.0:5559"]\nmax_peers = 3\n')
+    changed = changed_keys(old, new)
+    assert changed == ["ingest.priority_bind", "ingest.max_peers"]
+    assert not set(changed) & RELOADABLE

@@ -17,6 +17,7 @@ import zmq
 
 from agent.loop import configure_pull, ingest_socket_options
 from agent.settings import IngestSettings
+
 from curvekeys import AGENT, KeyPairs
 from harness import AgentProcess, Subscriber, event, wait_for
 
