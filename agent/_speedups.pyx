@@ -668,8 +668,10 @@ cdef class BurstReader:
                     self._close(&msg)
                 continue
             size = self._size(&msg)
-            frame = PyBytes_FromStringAndSize(<const char*>self._data(&msg), size)
-            self._close(&msg)
+            try:
+                frame = PyBytes_FromStringAndSize(<const char*>self._data(&msg), size)
+            finally:
+                self._close(&msg)  # also when the copy raises MemoryError
             frames.append(frame)
             nbytes += size
             if nbytes >= self.max_bytes:
