@@ -23,6 +23,8 @@ SPEEDUPS = "agent._speedups"
 class OptionalBuildExt(build_ext):
     """build_ext that reports a failed extension build and carries on without it."""
 
+    _failed = False
+
     def run(self) -> None:
         try:
             super().run()
@@ -35,12 +37,13 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # noqa: BLE001 - same: the extension is an optimisation
             self._skip(exc)
 
-    @staticmethod
-    def _skip(exc: BaseException) -> None:
-        print(
-            f"edge-agent: building {SPEEDUPS} failed ({exc}); installing the pure-Python path",
-            file=sys.stderr,
-        )
+    def _skip(self, exc: BaseException) -> None:
+        if not OptionalBuildExt._failed:  # once: an in-place build fails twice (build, copy)
+            print(
+                f"edge-agent: building {SPEEDUPS} failed ({exc}); installing the pure-Python path",
+                file=sys.stderr,
+            )
+        OptionalBuildExt._failed = True
 
 
 def extensions() -> list[Extension]:
@@ -52,7 +55,7 @@ def extensions() -> list[Extension]:
     except ImportError:
         print(f"edge-agent: Cython not installed, not building {SPEEDUPS}", file=sys.stderr)
         return []
-    ext = Extension(SPEEDUPS, ["agent/_speedups.pyx"], extra_compile_args=["-O2"])
+    ext = Extension(SPEEDUPS, ["agent/_speedups.pyx"], extra_compile_args=["-O2", "-g0"])
     try:
         return list(cythonize([ext], language_level=3, quiet=True))
     except Exception as exc:  # noqa: BLE001 - a Cython error must not fail the install either

@@ -262,3 +262,33 @@ def test_libzmq_is_found_in_this_process() -> None:
     assert found is not None and all(found[0])
     # A path that is not loaded is never loaded by the lookup (RTLD_NOLOAD).
     assert fastpath.libzmq_addresses(_speedups.LIBZMQ_FUNCTIONS, ["/nonexistent/libzmq.so"]) is None
+
+
+# --- The build -----------------------------------------------------------------
+
+
+def test_a_failed_compile_installs_pure_python(tmp_path: Any) -> None:
+    """setup.py with no working C compiler (or no Cython) succeeds, without the extension."""
+    import shutil
+
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    shutil.copytree(
+        os.path.join(ROOT, "agent"),
+        tmp_path / "agent",
+        ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"),
+    )
+    environ = {k: v for k, v in os.environ.items() if k != fastpath.PURE_PYTHON_ENV}
+    out = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        env={**environ, "CC": "false"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert not list((tmp_path / "agent").glob("_speedups*.so"))
+    notes = [line for line in out.stderr.splitlines() if line.startswith("edge-agent:")]
+    assert len(notes) == 1 and ("pure-Python" in notes[0] or "not building" in notes[0]), notes
