@@ -5,9 +5,9 @@ This module owns the choice and the two drop-ins the loop calls:
 - `make_decoder(rules)`: an object with FrameDecoder's `decode_frames(frames)
   -> DecodeResult`, `decode_frame` and `set_rules`. Compiled, it is a
   `CompiledDecoder`: the scanner judges each frame in C and hands what it is
-  unsure of (the rest of a frame from the item it cannot judge: non-text map
-  keys, maps of more than 32 keys) to a FrameDecoder, which stays the
-  reference for every reason code. Its result equals FrameDecoder's for every
+  unsure of (the rest of a frame from the item it cannot judge: map keys
+  that are not ints, byte or text strings, maps of more than 32 keys) to a
+  FrameDecoder, which stays the reference for every reason code. Its result equals FrameDecoder's for every
   input (tests/test_fastpath.py, `make fuzz`).
 - `make_burst_reader(socket)`: `read() -> (frames, multipart)`, one burst of
   at most INGEST_MAX_FRAMES messages / INGEST_MAX_BYTES bytes received without

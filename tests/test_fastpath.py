@@ -113,12 +113,12 @@ def test_valid_frames_keep_their_bytes(frame: bytes) -> None:
 
 
 def test_unsure_rest_of_a_frame_keeps_order_and_counts() -> None:
-    int_keys = NONCANONICAL[14][1]  # "int keys": the scanner hands it to cbor2
-    frames = [enc(ts=1) + int_keys + enc(ts=2) + h("ff"), enc(ts=3), int_keys, b"", enc()[:-1]]
+    other_keys = NONCANONICAL[15][1]  # "array, map, tag, float, null keys": to cbor2
+    frames = [enc(ts=1) + other_keys + enc(ts=2) + h("ff"), enc(ts=3), other_keys, b"", enc()[:-1]]
     same(frames)
     decoder = fastpath.make_decoder(ClassRules())
     result = decoder.decode_frames(frames)
-    assert result.events[NORMAL] == [enc(ts=1), int_keys, enc(ts=2), enc(ts=3), int_keys]
+    assert result.events[NORMAL] == [enc(ts=1), other_keys, enc(ts=2), enc(ts=3), other_keys]
     assert result.rejected == {"malformed": 1, "empty_frame": 1, "truncated": 1}
     if isinstance(decoder, fastpath.CompiledDecoder):
         assert decoder.unsure_frames == 2
@@ -130,7 +130,7 @@ def test_set_rules() -> None:
     decoder.set_rules(ClassRules({EventClass.LOW: ("fault",), EventClass.CRITICAL: ("reading",)}))
     assert decoder.decode_frames(frames).events == ([frames[0]], [], [], [frames[1]])
     # And the unsure path classifies with the new rules too.
-    unsure = NONCANONICAL[14][1]
+    unsure = NONCANONICAL[15][1]
     decoder.set_rules(ClassRules({EventClass.HIGH: ("reading",)}))
     assert decoder.decode_frames([unsure]).events[1] == [unsure]
 
