@@ -47,8 +47,11 @@ cbor2's `strict_hashable_types=True` (no measurable cost; bench/bench_codec.py)
 and an item that fails it for a key of another type is decoded again under
 the bound (`_other_keys_overflow` walks it first, so cbor2 never builds a map
 with more than MAX_OTHER_KEYS such keys). Honest events with text keys never
-take that path; events with other keys pay a second decode (and a Python walk
-when more than 2 * MAX_OTHER_KEYS bytes remain in the frame).
+take that path. Events with keys of other types do, at about twice the cost
+(measured, 110-byte events with one int key: 2.8 us instead of 1.3 in
+single-event frames, 2.3 instead of 1.6 in 32-event frames; a Python walk is
+added for such events longer than 2 * MAX_OTHER_KEYS bytes). The compiled
+scanner (agent/_speedups.pyx) judges int and byte-string keys itself.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ REASONS: tuple[str, ...] = (
 # stops at the 65th key; it took 5.6 s unbounded); tests/test_hash_flood.py.
 # Honest maps keyed by small ints (a histogram of 64 buckets) stay within.
 MAX_OTHER_KEYS = 64
+_SMALL_ITEM = 2 * MAX_OTHER_KEYS  # bytes: see FrameDecoder._decode_bounded
 
 # cbor2 reports everything as CBORDecodeError with a message, so the reason is
 # read from the message. First match wins; anything unmatched is MALFORMED.
@@ -453,6 +457,7 @@ class FrameDecoder:
     def _decode_batch(self, frames: list[bytes], joined: bytes, result: DecodeResult) -> None:
         """Frames in one loads() call; see the invariant above `_BATCH_CHUNK`."""
         n = len(frames)
+        other_keys = False
         try:
             items = loads(
                 joined,
@@ -462,8 +467,11 @@ class FrameDecoder:
                 max_depth=self._max_depth + 1,
                 strict_hashable_types=True,
             )
-        except CBORDecodeError:
+        except CBORDecodeError as exc:
             proven = 0
+            # Some frame of the chunk has keys of other types: its peer likely
+            # sends them in every event, so the chunk skips the strict try.
+            other_keys = _is_other_key_error(exc)
         else:
             values = self._sentinel_values
             if items[1::2] == values[:n]:
@@ -489,10 +497,15 @@ class FrameDecoder:
                     rejected[reason] = rejected.get(reason, 0) + 1
             result.accepted += accepted
         for j in range(proven, n):
-            self._decode_exact(frames[j], result)
+            self._decode_exact(frames[j], result, bounded=other_keys)
 
-    def _decode_exact(self, frame: bytes, result: DecodeResult) -> None:
-        """Item by item with exact spans (decode() + tell()); decides every reason."""
+    def _decode_exact(self, frame: bytes, result: DecodeResult, *, bounded: bool = False) -> None:
+        """Item by item with exact spans (decode() + tell()); decides every reason.
+
+        `bounded` starts with `_decode_bounded` instead of the strict decoder
+        (the same results: it is only faster when keys of other types are
+        expected); a frame switches to it at its first such key anyway.
+        """
         end = len(frame)
         if end == 0:
             self._reject(result, EMPTY_FRAME)
@@ -507,18 +520,22 @@ class FrameDecoder:
         start = accepted = 0
         reason = None
         while start < end:
-            try:
-                obj = decode()
-                stop = tell()
-            except CBORDecodeError as exc:
-                if not _is_other_key_error(exc):
-                    reason = reason_for(exc)
-                    break
+            if bounded:
                 obj, stop, reason = self._decode_bounded(frame, start)
                 if reason is not None:
                     break
-                fp.seek(stop)
-                decoder.fp = fp  # drop whatever the failed decode read ahead
+            else:
+                try:
+                    obj = decode()
+                    stop = tell()
+                except CBORDecodeError as exc:
+                    if not _is_other_key_error(exc):
+                        reason = reason_for(exc)
+                        break
+                    bounded = True
+                    obj, stop, reason = self._decode_bounded(frame, start)
+                    if reason is not None:
+                        break
             cls = _event_class(obj, lookup)
             if cls < 0:
                 reason = _CHECK_REASONS[cls]
@@ -540,16 +557,30 @@ class FrameDecoder:
         their end (TOO_MANY_KEYS). Either way no map it builds holds more than
         MAX_OTHER_KEYS such keys.
         """
-        cut = None
-        # Each pair takes >= 2 bytes: fewer cannot hold MAX_OTHER_KEYS + 1 of them.
-        if len(frame) - start >= 2 * (MAX_OTHER_KEYS + 1):
-            cut = _other_keys_overflow(frame, start, self._max_depth, MAX_OTHER_KEYS)
+        lax = self._lax
+        # First within the item's first _SMALL_ITEM bytes, where no map can be
+        # over the bound (a map's (MAX_OTHER_KEYS+1)-th key sits after its
+        # head and MAX_OTHER_KEYS pairs of >= 2 bytes): an item that ends
+        # there is decoded whole, an error there is its first error. Only
+        # running into the window's end means looking at the whole item.
+        window = frame[start : start + _SMALL_ITEM]
+        fp = io.BytesIO(window)
+        lax.fp = fp
+        try:
+            obj = lax.decode()
+        except CBORDecodeEOF as exc:
+            if len(window) < _SMALL_ITEM:
+                return None, 0, reason_for(exc)  # the frame itself ends there
+        except CBORDecodeError as exc:
+            return None, 0, reason_for(exc)
+        else:
+            return obj, start + fp.tell(), None
+        cut = _other_keys_overflow(frame, start, self._max_depth, MAX_OTHER_KEYS)
         if cut is None:
             fp = io.BytesIO(frame)
             fp.seek(start)
         else:
             fp = io.BytesIO(frame[start:cut])
-        lax = self._lax
         lax.fp = fp
         try:
             obj = lax.decode()

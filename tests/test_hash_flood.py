@@ -15,9 +15,9 @@ from typing import Any
 
 import cbor2
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from test_codec import BASE, check_against_judges, enc, h
+from test_codec import BASE, check_against_judges, enc, h, mutated
 
 from agent import codec, fastpath
 from agent.classes import ClassRules, EventClass
@@ -182,6 +182,61 @@ def test_model_around_the_bound(case: tuple[bytes, int]) -> None:
         assert result.events[NORMAL] == [frame]
     else:
         assert result.rejected == {TOO_MANY_KEYS: 1}
+
+
+def sized_event(size: int, int_keys: int = 3) -> bytes:
+    """An event with `int_keys` int keys, padded with a text value to exactly `size` bytes."""
+    base = cbor2.dumps({**BASE, **dict.fromkeys(range(int_keys), 0), "p": ""})
+    pad = size - len(base)
+    event = cbor2.dumps({**BASE, **dict.fromkeys(range(int_keys), 0), "p": "x" * pad})
+    while len(event) > size:  # the text head grew by a byte at 24 characters
+        pad -= 1
+        event = cbor2.dumps({**BASE, **dict.fromkeys(range(int_keys), 0), "p": "x" * pad})
+    return event
+
+
+@pytest.mark.parametrize("size", [60, 126, 127, 128, 129, 130, 200])
+def test_items_around_the_small_item_window(size: int) -> None:
+    event = sized_event(size)
+    assert len(event) in (size, size - 1)
+    frames = [event, event + event, event[:-1], event + event[:-1], event[:-1] + enc()]
+    frames += [event[:k] for k in (126, 127, 128, 129, 130)]
+    frames += [event[:-2] + h("62 c328") + event, event + h("ff")]
+    check_against_judges(frames)
+    decode(frames)
+
+
+@st.composite
+def int_keyed_frames(draw: st.DrawFn) -> bytes:
+    items = []
+    for _ in range(draw(st.integers(1, 4))):
+        n = draw(st.integers(0, 20))
+        pad = "x" * draw(st.integers(0, 200))
+        values = st.sampled_from([0, "v", [1], 1.5, {"a": 1}])
+        event = {**BASE, "pad": pad, **{i - 5: draw(values) for i in range(n)}}
+        items.append(cbor2.dumps(event))
+    return draw(mutated(b"".join(items)))
+
+
+@given(st.lists(int_keyed_frames(), min_size=1, max_size=3))
+@settings(max_examples=300)
+def test_below_the_bound_decoding_is_plain_cbor2(frames: list[bytes]) -> None:
+    """test_codec's judge decodes with plain cbor2 (no bound): it must agree below the bound."""
+    # A mutated map head can make the rest of a frame 65+ keys: over the bound.
+    assume(TOO_MANY_KEYS not in decode(frames).rejected)
+    check_against_judges(frames)
+
+
+def test_chunks_with_other_keys_take_the_bounded_path() -> None:
+    """Single-event frames in one batch chunk: a key of another type sends the chunk bounded."""
+    int_key = sized_event(110)
+    bad = int_key[:-3] + h("62 c328")
+    frames = [enc(ts=1), int_key, enc(type="fault"), bad, int_key[:-1], b"", int_key + enc()]
+    check_against_judges(frames * 20)  # crosses chunks of 64
+    over = event_with(int_pairs(LIMIT + 1))
+    result = decode([enc(), over, int_key, enc()] * 20)
+    assert result.rejected == {TOO_MANY_KEYS: 20}
+    assert result.events[NORMAL] == [enc(), int_key, enc()] * 20
 
 
 def test_reason_is_known() -> None:
