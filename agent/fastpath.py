@@ -7,8 +7,8 @@ This module owns the choice and the two drop-ins the loop calls:
   `CompiledDecoder`: the scanner judges each frame in C and hands what it is
   unsure of (the rest of a frame from the item it cannot judge: map keys
   that are not ints, byte or text strings, maps of more than 32 keys) to a
-  FrameDecoder, which stays the reference for every reason code. Its result equals FrameDecoder's for every
-  input (tests/test_fastpath.py, `make fuzz`).
+  FrameDecoder, which stays the reference for every reason code. Its result
+  equals FrameDecoder's for every input (tests/test_fastpath.py, `make fuzz`).
 - `make_burst_reader(socket)`: `read() -> (frames, multipart)`, one burst of
   at most INGEST_MAX_FRAMES messages / INGEST_MAX_BYTES bytes received without
   waiting, multipart messages skipped whole and counted. Compiled, libzmq is
