@@ -13,7 +13,9 @@ simple values) mutated 1..4 times each: bit flips, interesting bytes, inserted
 heads, deletions, truncations, splices of two seeds, repeated chunks, random
 bytes. For every input: if the scanner is sure, its spans, classes and reason
 must be the reference's; the CompiledDecoder merge path is checked on frame
-lists every 64 inputs. Stops at the first disagreement and prints the frame.
+lists every 64 inputs; every 8th input, FrameDecoder itself is checked
+against tests/test_codec.py's plain-cbor2 judge (below the key bound).
+Stops at the first disagreement and prints the frame.
 Not collected by pytest (the file name does not start with test_).
 """
 
@@ -34,8 +36,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from test_codec import NONCANONICAL, REJECTIONS  # noqa: E402
+from test_codec import NONCANONICAL, REJECTIONS, reference_decode  # noqa: E402
 
+from agent import codec  # noqa: E402
 from agent.classes import ClassRules  # noqa: E402
 from agent.codec import DecodeResult, FrameDecoder  # noqa: E402
 
@@ -221,6 +224,15 @@ def main() -> int:
             if (got_events, got_classes, outcome) != (order, want_classes, want_reason):
                 print(describe(frame, (spans, outcome), (want.events, want.rejected)))
                 return 1
+        if i % 8 == 0:
+            # The reference itself against test_codec's plain-cbor2 judge
+            # (which has no hash-flooding bound: frames over it are skipped).
+            mine = reference.decode_frames([frame])
+            if codec.TOO_MANY_KEYS not in mine.rejected:
+                judged = reference_decode([frame], RULES)
+                if (mine.events, mine.rejected) != (judged.events, judged.rejected):
+                    print(describe(frame, (mine.events, mine.rejected), judged))
+                    return 1
         batch.append(frame)
         if len(batch) == 64:
             want = reference.decode_frames(batch)
