@@ -28,19 +28,30 @@ Decoding rules (cbor2 6.x does the decoding; these are the options we pin):
   scalar pass and 33 fail; an empty 33rd container passes because nothing sits
   inside it; a tag 55799 around the event uses one level.
 
-Known limitations (all from cbor2 building Python dicts):
-- Duplicate keys are found with Python equality, so 1, 1.0 and true collide
-  (as do [1] and [1.0]), while two NaN keys do not (NaN != NaN) and b"a" and
-  "a" do not.
-- Hash flooding: keys that are arrays, maps or tags become tuples, frozendicts
-  and CBORTags whose hashes an attacker can make collide (tuple hashing is
-  invertible), and building such a map is quadratic in its size. Measured
-  through decode_frames: one event map with 4000 colliding 2-int array keys
-  (56 KB) took 0.44 s, with 16000 (224 KB) 5.6 s; a 1 MiB frame would stall
-  the loop for minutes. Text and byte-string keys are safe (randomised
-  hashes), as are plain numbers (at most ~16 collide). cbor2's
-  `strict_hashable_types=True` closes this at no measurable cost but rejects
-  every key that is not text or bytes, which the contract allows today.
+- Keys: a map may hold at most MAX_OTHER_KEYS (64) keys that are neither text
+  nor byte strings; the 65th is an error at its head (TOO_MANY_KEYS), so an
+  error earlier in the item still wins. Why, below.
+
+Known limitation (from cbor2 building Python dicts): duplicate keys are found
+with Python equality, so 1, 1.0 and true collide (as do [1] and [1.0]), while
+two NaN keys do not (NaN != NaN) and b"a" and "a" do not.
+
+Hash flooding, and how it is bounded: keys that are arrays, maps or tags
+become tuples, frozendicts and CBORTags whose hashes an attacker can make
+collide (tuple hashing is invertible), and building such a map is quadratic
+in its size. Measured through decode_frames before the bound: one event map
+with 4000 colliding 2-int array keys (56 KB) took 0.44 s, with 16000 (224 KB)
+5.6 s; a 1 MiB frame would have stalled the loop for minutes. Text and
+byte-string keys are safe (randomised hashes). So every decode runs with
+cbor2's `strict_hashable_types=True` (0.999 against 0.969 us/event in one
+batch loads() here, within the noise) and an item that fails it for a key of another type is decoded again under
+the bound (`_other_keys_overflow` walks it first, so cbor2 never builds a map
+with more than MAX_OTHER_KEYS such keys). Honest events with text keys never
+take that path. Events with keys of other types do, at about twice the cost
+(measured, 110-byte events with one int key: 2.8 us instead of 1.3 in
+single-event frames, 2.3 instead of 1.6 in 32-event frames; a Python walk is
+added for such events longer than 2 * MAX_OTHER_KEYS bytes). The compiled
+scanner (agent/_speedups.pyx) judges int and byte-string keys itself.
 """
 
 from __future__ import annotations
@@ -67,6 +78,7 @@ TOO_DEEP = "too_deep"  # an item enclosed by more than max_depth containers/tags
 NOT_A_MAP = "not_a_map"  # a well-formed item that is neither a map nor 55799(map)
 MISSING_FIELD = "missing_field"  # "meter", "ts" or "type" absent
 BAD_FIELD_TYPE = "bad_field_type"  # "meter"/"ts"/"type" present with the wrong type
+TOO_MANY_KEYS = "too_many_keys"  # a map with more than MAX_OTHER_KEYS non-text, non-bytes keys
 # Decided by the loop, not here (a frame never knows it was one of several):
 # a multipart ZeroMQ message, rejected whole (INTERFACE.md).
 MULTIPART = "multipart"
@@ -82,7 +94,18 @@ REASONS: tuple[str, ...] = (
     NOT_A_MAP,
     MISSING_FIELD,
     BAD_FIELD_TYPE,
+    TOO_MANY_KEYS,
 )
+
+# Keys per map that are neither text nor byte strings. Colliding keys cost
+# ~55 ns per pair compared (4000 keys: 0.44 s), so a map of n costs at most
+# ~n**2/2 * 55 ns: 64 keys ~0.1 ms for >= 128 bytes of input. Measured here:
+# a 1 MiB frame of events each holding 64 colliding array keys 0.18 s (1 MiB
+# of honest events 0.03 s), one map of 16000 colliding keys 0.3 ms (the walk
+# stops at the 65th key; it took 5.6 s unbounded); tests/test_hash_flood.py.
+# Honest maps keyed by small ints (a histogram of 64 buckets) stay within.
+MAX_OTHER_KEYS = 64
+_SMALL_ITEM = 2 * MAX_OTHER_KEYS  # bytes: see FrameDecoder._decode_bounded
 
 # cbor2 reports everything as CBORDecodeError with a message, so the reason is
 # read from the message. First match wins; anything unmatched is MALFORMED.
@@ -100,6 +123,70 @@ _MESSAGE_REASONS: tuple[tuple[re.Pattern[str], str], ...] = (
         INDEFINITE_LENGTH,
     ),
 )
+
+
+# cbor2 6.3's message when strict_hashable_types meets a key of another type.
+# Not a reason: FrameDecoder catches it and decodes the item under the bound.
+_OTHER_KEY_MESSAGE = re.compile(r"error decoding map: map key must be a text string or byte string")
+
+
+def _is_other_key_error(exc: CBORDecodeError) -> bool:
+    return not isinstance(exc, CBORDecodeEOF) and _OTHER_KEY_MESSAGE.match(str(exc)) is not None
+
+
+def _other_keys_overflow(buf: bytes, pos: int, max_depth: int, limit: int) -> int | None:
+    """Where the item at `pos` gives a map its (limit+1)-th key that is not text or bytes.
+
+    The offset of that key's head, or None if no map gets there before the
+    walk ends: at the item's end, or at anything cbor2 fails on by itself
+    there (end of buffer, a reserved or indefinite head, a two-byte simple
+    value < 32, an item deeper than max_depth). cbor2 decodes in the same
+    order and stops at or before that point, so with None it never builds a
+    map of more than `limit` such keys.
+    """
+    end = len(buf)
+    # Per open container: [items still to come, is a map, other keys so far].
+    stack: list[list[int]] = []
+    while True:
+        if len(stack) > max_depth or pos >= end:
+            return None
+        head = buf[pos]
+        major = head >> 5
+        ai = head & 31
+        if stack and stack[-1][1] and stack[-1][0] % 2 == 0 and major not in (2, 3):
+            top = stack[-1]  # a key (maps count 2 items per pair, keys at even counts)
+            top[2] += 1
+            if top[2] > limit:
+                return pos
+        pos += 1
+        if ai < 24:
+            arg = ai
+        elif ai < 28:
+            size = 1 << (ai - 24)
+            if pos + size > end:
+                return None
+            arg = int.from_bytes(buf[pos : pos + size], "big")
+            pos += size
+        else:
+            return None
+        if major == 2 or major == 3:
+            pos += arg
+            if pos > end:
+                return None
+        elif major >= 4 and major <= 6:
+            count = 1 if major == 6 else arg * 2 if major == 5 else arg
+            if count:
+                stack.append([count, major == 5, 0])
+                continue
+        elif major == 7 and ai == 24 and arg < 32:
+            return None
+        while stack:
+            stack[-1][0] -= 1
+            if stack[-1][0]:
+                break
+            stack.pop()
+        if not stack:
+            return None
 
 
 def reason_for(exc: CBORDecodeError) -> str:
@@ -275,7 +362,15 @@ class DecodeResult:
 class FrameDecoder:
     """Turns frames (CBOR sequences of events) into a DecodeResult. Not thread-safe."""
 
-    __slots__ = ("_decoder", "_lookup", "_max_depth", "_sentinel_values", "_sentinels", "_tags")
+    __slots__ = (
+        "_decoder",
+        "_lax",
+        "_lookup",
+        "_max_depth",
+        "_sentinel_values",
+        "_sentinels",
+        "_tags",
+    )
 
     def __init__(self, rules: ClassRules, *, max_depth: int = 32) -> None:
         if max_depth < 1:
@@ -289,7 +384,18 @@ class FrameDecoder:
         # read_size bytes per item and seeks back: 512 instead of the default
         # 4096 measured 1.52 vs 1.60 us/event on 32-event frames, 1.50 vs 1.65
         # on 2000-event frames (events of ~110 bytes).
+        # Strict: a key that is not text or bytes fails it, and that item is
+        # decoded again by `_lax` under MAX_OTHER_KEYS (`_decode_bounded`).
         self._decoder = CBORDecoder(
+            io.BytesIO(b""),
+            semantic_decoders=self._tags,
+            read_size=512,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            max_depth=max_depth,
+            strict_hashable_types=True,
+        )
+        self._lax = CBORDecoder(
             io.BytesIO(b""),
             semantic_decoders=self._tags,
             read_size=512,
@@ -351,6 +457,7 @@ class FrameDecoder:
     def _decode_batch(self, frames: list[bytes], joined: bytes, result: DecodeResult) -> None:
         """Frames in one loads() call; see the invariant above `_BATCH_CHUNK`."""
         n = len(frames)
+        other_keys = False
         try:
             items = loads(
                 joined,
@@ -358,9 +465,13 @@ class FrameDecoder:
                 allow_indefinite=False,
                 allow_duplicate_keys=False,
                 max_depth=self._max_depth + 1,
+                strict_hashable_types=True,
             )
-        except CBORDecodeError:
+        except CBORDecodeError as exc:
             proven = 0
+            # Some frame of the chunk has keys of other types: its peer likely
+            # sends them in every event, so the chunk skips the strict try.
+            other_keys = _is_other_key_error(exc)
         else:
             values = self._sentinel_values
             if items[1::2] == values[:n]:
@@ -386,10 +497,15 @@ class FrameDecoder:
                     rejected[reason] = rejected.get(reason, 0) + 1
             result.accepted += accepted
         for j in range(proven, n):
-            self._decode_exact(frames[j], result)
+            self._decode_exact(frames[j], result, bounded=other_keys)
 
-    def _decode_exact(self, frame: bytes, result: DecodeResult) -> None:
-        """Item by item with exact spans (decode() + tell()); decides every reason."""
+    def _decode_exact(self, frame: bytes, result: DecodeResult, *, bounded: bool = False) -> None:
+        """Item by item with exact spans (decode() + tell()); decides every reason.
+
+        `bounded` starts with `_decode_bounded` instead of the strict decoder
+        (the same results: it is only faster when keys of other types are
+        expected); a frame switches to it at its first such key anyway.
+        """
         end = len(frame)
         if end == 0:
             self._reject(result, EMPTY_FRAME)
@@ -404,16 +520,26 @@ class FrameDecoder:
         start = accepted = 0
         reason = None
         while start < end:
-            try:
-                obj = decode()
-            except CBORDecodeError as exc:
-                reason = reason_for(exc)
-                break
+            if bounded:
+                obj, stop, reason = self._decode_bounded(frame, start)
+                if reason is not None:
+                    break
+            else:
+                try:
+                    obj = decode()
+                    stop = tell()
+                except CBORDecodeError as exc:
+                    if not _is_other_key_error(exc):
+                        reason = reason_for(exc)
+                        break
+                    bounded = True
+                    obj, stop, reason = self._decode_bounded(frame, start)
+                    if reason is not None:
+                        break
             cls = _event_class(obj, lookup)
             if cls < 0:
                 reason = _CHECK_REASONS[cls]
                 break
-            stop = tell()
             # A frame that is one item is its own event: no copy.
             events[cls].append(frame if stop - start == end else frame[start:stop])
             accepted += 1
@@ -422,9 +548,63 @@ class FrameDecoder:
         if reason is not None:
             self._reject(result, reason)
 
+    def _decode_bounded(self, frame: bytes, start: int) -> tuple[Any, int, str | None]:
+        """The item at `start` without strict_hashable_types: (obj, stop, None) or a reason.
+
+        If a map of the item would get a (MAX_OTHER_KEYS+1)-th key that is not
+        text or bytes, only the bytes before that key's head are decoded:
+        cbor2 then fails inside them (an earlier error: its reason) or at
+        their end (TOO_MANY_KEYS). Either way no map it builds holds more than
+        MAX_OTHER_KEYS such keys.
+        """
+        lax = self._lax
+        # First within the item's first _SMALL_ITEM bytes, where no map can be
+        # over the bound (a map's (MAX_OTHER_KEYS+1)-th key sits after its
+        # head and MAX_OTHER_KEYS pairs of >= 2 bytes): an item that ends
+        # there is decoded whole, an error there is its first error. Only
+        # running into the window's end means looking at the whole item.
+        window = frame[start : start + _SMALL_ITEM]
+        fp = io.BytesIO(window)
+        lax.fp = fp
+        try:
+            obj = lax.decode()
+        except CBORDecodeEOF as exc:
+            if len(window) < _SMALL_ITEM:
+                return None, 0, reason_for(exc)  # the frame itself ends there
+        except CBORDecodeError as exc:
+            return None, 0, reason_for(exc)
+        else:
+            return obj, start + fp.tell(), None
+        cut = _other_keys_overflow(frame, start, self._max_depth, MAX_OTHER_KEYS)
+        if cut is None:
+            fp = io.BytesIO(frame)
+            fp.seek(start)
+        else:
+            fp = io.BytesIO(frame[start:cut])
+        lax.fp = fp
+        try:
+            obj = lax.decode()
+        except CBORDecodeError as exc:
+            if cut is not None and isinstance(exc, CBORDecodeEOF):
+                return None, 0, TOO_MANY_KEYS
+            return None, 0, reason_for(exc)
+        if cut is not None:
+            # Unreachable: the key at `cut` belongs to the item, which cannot
+            # end before it. Counted, not raised: the input is the peer's.
+            return None, 0, TOO_MANY_KEYS
+        return obj, fp.tell(), None
+
     @staticmethod
     def _reject(result: DecodeResult, reason: str) -> None:
         result.rejected[reason] = result.rejected.get(reason, 0) + 1
 
 
-__all__ = ["MULTIPART", "REASONS", "DecodeResult", "FrameDecoder", "reason_for"]
+__all__ = [
+    "MAX_OTHER_KEYS",
+    "MULTIPART",
+    "REASONS",
+    "TOO_MANY_KEYS",
+    "DecodeResult",
+    "FrameDecoder",
+    "reason_for",
+]

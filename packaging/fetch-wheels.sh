@@ -59,7 +59,10 @@ tar -C "$top" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='./
     --exclude=./var --exclude=./packaging/out --exclude=./packaging/wheelhouse \
     --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis --exclude=.mypy_cache \
     -cf - . | tar -C "$src" -xf -
-"$python" -m pip wheel --quiet --no-deps --wheel-dir "$dest" "$src"
+# A pure wheel: the compiled ingest core of this build machine's CPU must not
+# end up in another architecture's package (agent/fastpath.py falls back to
+# Python where the extension is missing).
+EDGE_AGENT_PURE_PYTHON=1 "$python" -m pip wheel --quiet --no-deps --wheel-dir "$dest" "$src"
 
 # 2. Its dependencies, resolved for the target from the wheel's own metadata
 #    (setup.cfg's pins and markers: tomli is pulled only for 3.10). pip takes
