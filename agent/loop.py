@@ -33,22 +33,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 import agent
-from agent import memory
+from agent import fastpath, memory
 from agent.batching import BatchPolicy
 from agent.classes import CLASSES, EventClass
-from agent.codec import MULTIPART, DecodeResult, FrameDecoder
+from agent.codec import MULTIPART, DecodeResult
 from agent.curve import CurveError, CurveGuard
 from agent.governor import BufferGovernor
 from agent.http import HttpServer
@@ -145,9 +144,10 @@ DROP_LOG_EVERY_S = 1.0
 STOP_EXTEND_US = 60_000_000
 
 
-# Which ingest core runs (issue 10): the compiled fast path is not on this
-# branch yet, so the Python reference (`_read_burst`, agent/codec.py) runs.
-INGEST_PATH = "python"
+# Which ingest core runs (issue 10): "compiled" (agent/_speedups, built at
+# install) or "python" (agent/codec.py and fastpath's Python burst reader;
+# EDGE_AGENT_PURE_PYTHON=1 forces it). Decided once, at import.
+INGEST_PATH = fastpath.ACTIVE
 
 # 128 + SIGINT, the shell's convention for a process ended by Ctrl-C.
 EXIT_INTERRUPTED = 130
@@ -161,15 +161,20 @@ class _Pull:
     """One PULL socket of the agent (bulk or lane): the socket, its monitor,
     who is connected, and how a burst is read from it."""
 
-    __slots__ = ("name", "sock", "monitor", "peers", "read", "lane")
+    __slots__ = ("name", "sock", "monitor", "peers", "reader", "read", "lane")
 
     def __init__(self, name: str, sock: zmq.Socket, max_peers: int, *, lane: bool) -> None:
         self.name = name  # for logs: "ingest" | "lane"
         self.sock = sock
         self.monitor: zmq.Socket | None = None
         self.peers = PeerTable(max_peers)
-        # One burst, without waiting: (single-frame messages, multipart skipped).
-        self.read: Callable[[], tuple[list[bytes], int]] = functools.partial(_read_burst, sock)
+        # One burst, without waiting: (single-frame messages, multipart
+        # skipped). From C on pyzmq's own libzmq when the compiled core is
+        # built, else recv(NOBLOCK) + RCVMORE in Python (agent/fastpath.py).
+        self.reader = fastpath.make_burst_reader(
+            sock, max_frames=INGEST_MAX_FRAMES, max_bytes=INGEST_MAX_BYTES
+        )
+        self.read = self.reader.read
         self.lane = lane
 
 
@@ -248,11 +253,14 @@ class Agent:
         and the most libzmq may hold for the ingest peers (README, worst case)."""
         s = self.settings
         i = s.ingest
+        readers = sorted({pull.reader.kind for pull in self._pulls})
         log.info(
-            "config %s; spill dir %s; ingest path %s",
+            "config %s; spill dir %s; ingest path %s (%s; burst reader %s)",
             self.config_path or "(none: built-in defaults)",
             s.spill.dir,
             self.telemetry.identity.ingest_path,
+            fastpath.describe(),
+            "/".join(readers),
         )
         assert self.http_address is not None
         host, port = self.http_address
@@ -385,7 +393,9 @@ class Agent:
     def _open_state(self) -> None:
         s = self.settings
         memory.fix_mmap_threshold()
-        self.decoder = FrameDecoder(s.classes)
+        # One decoder for both sockets: the compiled scanner with cbor2 as the
+        # judge of what it is unsure of, or cbor2 alone (agent/fastpath.py).
+        self.decoder = fastpath.make_decoder(s.classes)
         self.queues = ClassQueues()
         self.governor = BufferGovernor(
             s.buffer.budget_bytes,
@@ -817,34 +827,6 @@ class Agent:
             log.info(
                 "stopped: %d delivered, %d events parked on disk, nothing lost", delivered, parked
             )
-
-
-def _read_burst(sock: zmq.Socket) -> tuple[list[bytes], int]:
-    """At most INGEST_MAX_FRAMES frames / INGEST_MAX_BYTES (plus the frame that
-    crosses it) without waiting: the single-frame messages, and how many
-    multipart messages were skipped whole."""
-    recv = sock.recv
-    more = sock.getsockopt
-    frames: list[bytes] = []
-    nbytes = 0
-    multipart = 0
-    for _ in range(INGEST_MAX_FRAMES):
-        try:
-            frame = recv(zmq.NOBLOCK)
-        except zmq.Again:
-            break
-        if more(zmq.RCVMORE):
-            # A multipart message is rejected whole (INTERFACE.md). Its parts
-            # arrive together, so reading the rest cannot block.
-            while more(zmq.RCVMORE):
-                recv()
-            multipart += 1
-            continue
-        frames.append(frame)
-        nbytes += len(frame)
-        if nbytes >= INGEST_MAX_BYTES:
-            break
-    return frames, multipart
 
 
 def ingest_socket_options(s: IngestSettings) -> list[tuple[int, int]]:
