@@ -37,9 +37,16 @@ class IngestSettings:
     # ZMQ_MAXMSGSIZE: a larger frame disconnects the peer (contract default 1 MiB).
     max_frame_bytes: int = 1 * MiB
     # ZMQ_RCVHWM in frames, per connected peer (libzmq keeps one pipe each).
-    # Frames waiting here are ahead of any critical alert on the same socket,
-    # and they are memory outside the budget (README, worst case). Chosen by
-    # measurement: RCVHWM_DEFAULT below.
+    # Frames waiting here are ahead of any critical alert on the same socket
+    # (not of the lane's) and are memory outside the budget (README, worst
+    # case). Kept at 1000 by measurement (README, ingest sizing): 100 and 32
+    # moved no more events/s, and over ipc:// lost the tail of a collector
+    # that closed while its pipe was full (286 and 383 of ~1.9M frames in
+    # bench/throughput.py; 200-400 of 20,000 in a bare PUSH->PULL test, none
+    # at 1000, none over tcp:// at 16-1000): libzmq 4.3.5 takes a unix
+    # socket's hang-up seen while input is stopped for an I/O error and drops
+    # what is still in the kernel (stream_engine_base.cpp, in_event_internal).
+    # 1000 frames per collector are ~2-3 ms of the agent's ingest.
     rcvhwm: int = 1000
     curve: CurveSettings = dataclasses.field(default_factory=CurveSettings)
     # The alert lane (INTERFACE.md): a second PULL socket with the same framing,
@@ -47,13 +54,20 @@ class IngestSettings:
     # burst. No endpoints: no lane.
     priority_bind: tuple[str, ...] = ()
     priority_connect: tuple[str, ...] = ()
-    # SO_RCVBUF in bytes on both PULL sockets (Linux doubles it for its own
-    # bookkeeping). Like rcvhwm: FIFO ahead of the next alert, per peer.
+    # SO_RCVBUF in bytes on both PULL sockets, per connection (Linux doubles
+    # it for its own bookkeeping). Setting it turns off TCP receive
+    # autotuning, which otherwise grows a busy collector's buffer towards
+    # net.ipv4.tcp_rmem's maximum (6 MiB by default: ~50,000 120-byte frames
+    # ahead of the next alert on that socket). 64 KiB holds ~500 frames, a
+    # fraction of a millisecond of ingest (README, ingest sizing).
     rcvbuf_bytes: int = 64 * 1024
     # Connections a PULL socket (bulk, and the lane separately) keeps at once;
-    # the next one is closed as soon as it is accepted. With rcvhwm and
-    # max_frame_bytes it bounds what libzmq may hold (README, worst case).
-    max_peers: int = 64
+    # the next one is closed as soon as it is accepted (agent/peers.py). A
+    # substation gateway has tens to a few hundred collectors (the unit's
+    # LimitNOFILE=8192 says the same); 2 x 256 connections stay far inside the
+    # descriptor limit. With rcvhwm and max_frame_bytes it bounds what libzmq
+    # may hold (README, worst case).
+    max_peers: int = 256
 
     @property
     def lane(self) -> bool:
