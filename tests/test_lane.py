@@ -8,6 +8,7 @@ kernel buffers, then continued (SIGCONT) with both sockets full.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Iterator
 
@@ -299,3 +300,102 @@ def test_the_startup_log_names_every_endpoint_the_config_and_the_spill_dir(
     ):
         assert needle in log, needle
     assert agent.stop() == 0
+
+
+@pytest.mark.parametrize("family", ["tcp", "ipc"])
+def test_shutdown_connection_touches_only_a_connection_of_that_listener(
+    family: str, workdir: str
+) -> None:
+    # The peer cap's refusal: shut down the connection behind a descriptor
+    # number (from the monitor), after checking it belongs to that listener.
+    import socket as so
+
+    from agent.loop import _shutdown_connection
+
+    if family == "tcp":
+        listener = so.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        endpoint, other = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 1}"
+        client = so.create_connection(("127.0.0.1", port))
+    else:
+        path = f"{workdir}/l.sock"
+        listener = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen()
+        endpoint, other = f"ipc://{path}", f"ipc://{path}x"
+        client = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+        client.connect(path)
+    accepted, _ = listener.accept()
+    with listener, client, accepted:
+        assert _shutdown_connection(accepted.fileno(), other) is False
+        assert _shutdown_connection(accepted.fileno(), endpoint) is True
+        client.settimeout(5)
+        assert client.recv(1) == b""  # the peer sees the connection end
+        assert accepted.fileno() >= 0  # our descriptor stays open: libzmq closes its own
+        r, w = os.pipe()  # not a socket at all
+        try:
+            assert _shutdown_connection(r, endpoint) is False
+        finally:
+            os.close(r)
+            os.close(w)
+    assert _shutdown_connection(10_000, endpoint) is False  # no such descriptor
+
+
+class _FakePull:
+    """A PULL socket with `bursts` bursts waiting, for the turn's reading order."""
+
+    def __init__(self, name: str, bursts: int) -> None:
+        self.name = name
+        self.sock = object()
+        self.bursts = bursts
+
+
+def _turns(
+    lane_bursts: int, bulk_bursts: int, room: Callable[[list[str]], bool], turns: int
+) -> list[list[str]]:
+    """The bursts each turn reads (`Agent._ingest` with sockets and memory faked)."""
+    from agent.loop import Agent
+
+    agent = Agent.__new__(Agent)
+    lane, bulk = _FakePull("lane", lane_bursts), _FakePull("bulk", bulk_bursts)
+    agent._lane = lane  # type: ignore[assignment]
+    agent._bulk = bulk  # type: ignore[assignment]
+    agent.pull = bulk.sock  # type: ignore[assignment]
+    agent._bulk_owed = False
+    read: list[str] = []
+
+    def burst(pull: _FakePull) -> bool:
+        if not pull.bursts:
+            return False
+        pull.bursts -= 1
+        read.append(pull.name)
+        return True
+
+    agent._ingest_burst = burst  # type: ignore[assignment, method-assign]
+    agent._room_for_burst = lambda: room(read)  # type: ignore[method-assign]
+    out = []
+    for _ in range(turns):
+        read.clear()
+        ready = {
+            s: 1 for s in (lane.sock, bulk.sock) if (lane.bursts if s is lane.sock else bulk.bursts)
+        }
+        agent._ingest(ready)
+        out.append(list(read))
+    return out
+
+
+def test_a_turn_reads_the_lane_first_then_one_bulk_burst() -> None:
+    from agent.loop import LANE_MAX_BURSTS
+
+    turns = _turns(10, 10, lambda read: True, 3)
+    assert turns[0] == ["lane"] * LANE_MAX_BURSTS + ["bulk"]
+    assert turns[1] == ["lane"] * LANE_MAX_BURSTS + ["bulk"]
+    assert turns[2] == ["lane", "lane", "bulk"]  # the lane is empty after 10
+    assert _turns(0, 3, lambda read: True, 1) == [["bulk"]]
+    assert _turns(1, 0, lambda read: True, 1) == [["lane"]]
+
+
+def test_when_the_lane_takes_the_last_room_the_next_turn_reads_bulk_first() -> None:
+    # Room for one burst per turn only (the previous turn's make_room).
+    turns = _turns(10, 10, lambda read: not read, 4)
+    assert turns == [["lane"], ["bulk"], ["lane"], ["bulk"]]
