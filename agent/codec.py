@@ -44,8 +44,8 @@ with 4000 colliding 2-int array keys (56 KB) took 0.44 s, with 16000 (224 KB)
 5.6 s; a 1 MiB frame would have stalled the loop for minutes. Text and
 byte-string keys are safe (randomised hashes). So every decode runs with
 cbor2's `strict_hashable_types=True` (0.999 against 0.969 us/event in one
-batch loads() here, within the noise) and an item that fails it for a key of another type is decoded again under
-the bound (`_other_keys_overflow` walks it first, so cbor2 never builds a map
+batch loads() here, within the noise) and an item that fails it for a key of
+another type is decoded again under the bound (`_other_keys_overflow` walks it first, so cbor2 never builds a map
 with more than MAX_OTHER_KEYS such keys). Honest events with text keys never
 take that path. Events with keys of other types do, at about twice the cost
 (measured, 110-byte events with one int key: 2.8 us instead of 1.3 in
