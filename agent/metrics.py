@@ -294,12 +294,12 @@ def _latency(h: LatencyHistogram) -> Metric:
 
 def _alarms(alarms: Sequence[Alarm]) -> Metric:
     # Every known alarm at 0 or 1 (fixed label set, like the classes), so an
-    # alert rule can say `edge_agent_alarm{name="SLOW SUBSCRIBER"} == 1`
+    # alert rule can say `edge_agent_alarm{alarm="SLOW SUBSCRIBER"} == 1`
     # with the same name the page and `edge-agent status` print.
     family = GaugeMetricFamily(
         PREFIX + "alarm",
         "1 while the named alarm holds (the status page's alarms; README, Alarms).",
-        labels=["name"],
+        labels=["alarm"],
     )
     active = {a.name for a in alarms}
     for name in (*CATALOGUE, *sorted(active - set(CATALOGUE))):
@@ -329,7 +329,8 @@ def _reported(doc: Mapping[str, Any]) -> Iterator[Metric]:
         ):
             if _is_count(lane.get(key)):
                 yield _counter(name, help_text, lane[key])
-    path = _section(doc, "agent").get("ingest_path") if _section(doc, "agent") else None
+    agent = _section(doc, "agent") or {}
+    path = agent.get("ingest_path")
     if isinstance(path, str) and path:
         yield _stateset(
             "ingest_path",

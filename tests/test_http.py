@@ -459,12 +459,15 @@ def test_a_dozen_stuck_clients_never_delay_a_healthy_request(server: HttpServer)
 
 
 def test_an_idle_connection_is_closed_after_the_channel_timeout(box: FakeLoop) -> None:
-    with serving(box.snapshot, clock=box.clock, channel_timeout_s=1, cleanup_interval_s=1) as srv:
-        with socket.create_connection(srv.address, timeout=10) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
-            started = time.monotonic()
-            assert sock.recv(1024) == b""  # closed by the server, not by our timeout
-            assert time.monotonic() - started < 8.0
+    options = {"clock": box.clock, "channel_timeout_s": 1, "cleanup_interval_s": 1}
+    with (
+        serving(box.snapshot, **options) as srv,
+        socket.create_connection(srv.address, timeout=10) as sock,
+    ):
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server, not by our timeout
+        assert time.monotonic() - started < 8.0
 
 
 def test_a_request_body_is_refused_not_buffered(server: HttpServer) -> None:
