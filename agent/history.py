@@ -43,6 +43,9 @@ CAPACITY = 600
 # The rates shown as "now": the last 5 s, long enough to smooth the loop's
 # batching (5 ms linger, 256-event batches), short enough to follow a change.
 RATE_WINDOW_S = 5.0
+# Critical latency "now": the last minute, enough alerts for a p99 to mean
+# something at a few a second, short enough to show a new problem.
+LATENCY_WINDOW_S = 60.0
 # A rate needs at least this much time between its two samples: a shorter
 # interval (the agent just started) would turn one burst into a silly figure.
 MIN_RATE_INTERVAL_S = 0.5
@@ -244,7 +247,37 @@ def rates(samples: Sequence[Sample], seconds: float = RATE_WINDOW_S) -> dict[str
         "rejected": per_s(old.rejected, new.rejected),
         "blocked": per_s(old.blocked, new.blocked),
         "classes": classes,
+        "critical_latency": critical_latency(samples),
     }
+
+
+def critical_latency(
+    samples: Sequence[Sample], seconds: float = LATENCY_WINDOW_S
+) -> dict[str, Any] | None:
+    """Critical latency over the last `seconds`: the events measured and the
+    bucket bounds holding p50, p99 and the max (None: no history yet).
+
+    A quantile beyond the histogram's last bound is given as that bound and
+    named in `beyond` (JSON has no Infinity); a quantile is None when no
+    critical event was measured in the window.
+    """
+    pair = window(samples, seconds)
+    if pair is None:
+        return None
+    old, new = pair
+    out: dict[str, Any] = {
+        "window_s": round(new.mono - old.mono, 3),
+        "count": max(0, new.latency_count - old.latency_count),
+        "beyond": [],
+    }
+    last = new.latency_buckets[-1][0] if new.latency_buckets else None
+    for key, q in (("p50_s", 0.5), ("p99_s", 0.99), ("max_s", 1.0)):
+        bound = interval_latency(old, new, q)
+        if bound == math.inf:
+            out["beyond"].append(key)
+            bound = last
+        out[key] = bound
+    return out
 
 
 def _quantile(buckets: Sequence[tuple[float, int]], total: int, q: float) -> float:

@@ -93,6 +93,8 @@ THREADS = 2
 # otherwise buffer up to 1 GiB of it, in temporary files past 512 KiB).
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1024
+# How often the server's loop looks at the stop flag: stop() takes at most this.
+STOP_POLL_S = 0.2
 # A request target longer than this is cut in the debug log.
 LOG_TARGET_CHARS = 200
 
@@ -463,6 +465,7 @@ class HttpServer:
         self._cleanup_interval_s = cleanup_interval_s
         self._server: Any = None  # waitress' TcpWSGIServer (untyped)
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         """Bind now (OSError names host:port), then serve in a daemon thread."""
@@ -494,6 +497,7 @@ class HttpServer:
             sock.close()
             raise
         self._server = server
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="agent-http", daemon=True)
         self._thread.start()
         log.info("technician endpoint on http://%s", _host_port(*self.address))
@@ -528,11 +532,10 @@ class HttpServer:
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
-        # Every socket of the server (listening, connections, the trigger) is
-        # closed by the asynchronous loop's own thread, woken at once through
-        # waitress' trigger: closing them from here would race its poll().
-        # An empty socket map ends the loop.
-        server.trigger.pull_trigger(functools.partial(wasyncore.close_all, server._map, True))
+        # The asynchronous loop's own thread closes every socket of the server
+        # (listening, connections, waitress' trigger) when it sees the flag,
+        # within STOP_POLL_S: closing them from here would race its poll().
+        self._stopping.set()
         thread.join(timeout)
         if thread.is_alive():
             log.warning("HTTP thread still busy after %.1f s; leaving it to finish", timeout)
@@ -541,9 +544,13 @@ class HttpServer:
         self._server = self._thread = None
 
     def _serve(self) -> None:
-        server = self._server
+        server, stopping = self._server, self._stopping
         assert server is not None
-        server.run()
+        while not stopping.is_set():
+            # One poll at a time (waitress' own run() loops forever): a request
+            # waits for no poll timeout, stop() for at most one.
+            wasyncore.loop(timeout=STOP_POLL_S, map=server._map, use_poll=True, count=1)
+        wasyncore.close_all(server._map, True)
 
 
 def _host_port(host: str, port: int) -> str:

@@ -226,6 +226,23 @@ def test_interval_latency_reads_bucket_deltas() -> None:
     assert interval_latency(a, sample(1.0, latency_count=3), 0.5) is None  # bounds differ
 
 
+def test_the_rates_carry_the_last_minutes_critical_latency() -> None:
+    samples = [lat(float(t), (9 * t, t, 0, 0)) for t in range(90)]
+    r = rates(samples)
+    assert r is not None
+    latency = r["critical_latency"]
+    assert latency["window_s"] == 60.0 and latency["count"] == 600
+    assert (latency["p50_s"], latency["p99_s"], latency["max_s"]) == (0.001, 0.01, 0.01)
+    assert latency["beyond"] == []
+    beyond = [
+        dataclasses.replace(s, latency_count=s.latency_count + int(s.mono) // 30) for s in samples
+    ]
+    latency = rates(beyond)["critical_latency"]  # type: ignore[index]
+    assert latency["max_s"] == 1.0 and latency["beyond"] == ["max_s"]
+    idle = rates([sample(float(t)) for t in range(5)])
+    assert idle is not None and idle["critical_latency"]["p99_s"] is None
+
+
 def test_series_has_one_column_entry_per_interval() -> None:
     samples = [
         dataclasses.replace(
