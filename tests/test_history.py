@@ -279,3 +279,39 @@ def test_series_of_a_real_snapshot_sequence() -> None:
     assert cols["in"]["normal"] == [5200.0, 5200.0]
     # 40 critical events a second, the slowest 2 in the 25 ms bucket.
     assert cols["latency_p99_s"] == [0.025, 0.025] and cols["latency_count"] == [40, 40]
+
+
+# ---------------------------------------------------------------- the real agent
+
+
+@pytest.mark.e2e
+def test_the_running_agent_keeps_its_history_and_serves_it(make_agent: Any, zctx: Any) -> None:
+    """The loop feeds the ring once a second; the endpoint serves rates, the
+    alarms and the chart columns from it."""
+    import zmq
+
+    from harness import event, wait_for
+
+    agent = make_agent().start()
+    push = zctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 5000)
+    push.connect(agent.ingest)
+    for i in range(300):
+        push.send(event(i, "reading"))
+    doc = agent.wait_state(lambda d: d["rates"] is not None, what="rates from two samples")
+    assert doc["rates"]["window_s"] >= 0.5
+    # Nobody subscribed and 300 events wait: the alarm says so, with its action.
+    doc = agent.wait_state(lambda d: d["priorities"]["normal"]["received"] == 300)
+    assert doc["alarms"][0]["name"] == "NOT CONNECTED" and doc["alarms"][0]["level"] == "bad"
+    assert doc["alarms"][0]["action"]
+    # A second wave, after the ring has samples: a later point shows it arriving.
+    for i in range(300):
+        push.send(event(i, "reading"))
+    series = wait_for(
+        lambda: (lambda h: h if sum(h["series"]["in"]["normal"]) >= 200 else None)(
+            agent.get("/api/v1/gateway/history")
+        ),
+        10.0,
+        what="the second wave in the chart columns",
+    )["series"]
+    assert series["budget_bytes"][-1] == 64 * 1024 * 1024
