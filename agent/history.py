@@ -324,9 +324,15 @@ def series(samples: Sequence[Sample], *, since: float | None = None) -> dict[str
         "latency_max_s": [],
         "latency_count": [],
     }
-    for old, new in zip(samples, samples[1:], strict=False):
-        if since is not None and new.wall <= since:
-            continue
+    first = 1
+    if since is not None:
+        # Walk back from the newest: a poll for the last few seconds costs a
+        # few samples, not the whole ring.
+        first = len(samples)
+        while first > 1 and samples[first - 1].wall > since:
+            first -= 1
+    for i in range(first, len(samples)):
+        old, new = samples[i - 1], samples[i]
         dt = new.mono - old.mono
         cols["t"].append(round(new.wall, 3))
         for i, name in enumerate(CLASS_NAMES):
