@@ -201,11 +201,12 @@ def evaluate(
         first, last = latency
         p99 = interval_latency(first, last, 0.99)
         if p99 is not None and p99 > LATENCY_BOUND_S:
-            shown = (
-                f"> {_seconds(first.latency_buckets[-1][0])}"
-                if p99 == math.inf
-                else (f"<= {_seconds(p99)}")
-            )
+            if p99 != math.inf:
+                shown = f"<= {_seconds(p99)}"
+            elif last.latency_buckets:
+                shown = f"> {_seconds(last.latency_buckets[-1][0])}"
+            else:  # an agent that counts critical events but reports no buckets
+                shown = "unknown"
             n = last.latency_count - first.latency_count
             fire(
                 "CRITICAL LATENCY",

@@ -219,6 +219,25 @@ def test_critical_latency_over_the_bound() -> None:
     assert alarm.name == "CRITICAL LATENCY" and "p99 <= 250 ms" in alarm.detail
 
 
+def test_latency_beyond_the_last_bucket_or_without_buckets() -> None:
+    def beyond(t: int) -> Doc:
+        doc = quiet(t)
+        # Every critical event slower than the last bound (1 s).
+        doc["latency"]["critical"] = {"count": 5 * t, "sum_s": 0.0, "buckets": [[1.0, 0]]}
+        return doc
+
+    (alarm,) = timeline(beyond)
+    assert alarm.name == "CRITICAL LATENCY" and "p99 > 1 s" in alarm.detail
+
+    def no_buckets(t: int) -> Doc:
+        doc = quiet(t)
+        doc["latency"]["critical"] = {"count": 5 * t, "sum_s": 0.0, "buckets": []}
+        return doc
+
+    (alarm,) = timeline(no_buckets)
+    assert "p99 unknown" in alarm.detail
+
+
 def test_starting_and_stopping() -> None:
     def state(name: str) -> Callable[[int], Doc]:
         def make(t: int) -> Doc:
@@ -292,3 +311,40 @@ def test_growth_just_under_the_floor_is_quiet() -> None:
         return with_class(quiet(t), "normal", queued=(floor - 1) * t // 11)
 
     assert timeline(almost) == ()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 5000),  # queued normal
+            st.integers(0, 50_000),  # on disk
+            st.integers(0, 100),  # refused sends this second
+            st.integers(0, 3),  # dropped this second
+            st.integers(0, 2),  # subscribers
+            st.booleans(),  # paused
+        ),
+        min_size=1,
+        max_size=15,
+    )
+)
+def test_any_timeline_gives_known_alarms_worst_first(steps: list[tuple[int, ...]]) -> None:
+    blocked = dropped = 0
+    docs = []
+    for t, (queued, disk, refused, evicted, subs, paused) in enumerate(steps):
+        blocked += refused
+        dropped += evicted
+        doc = with_class(quiet(t), "normal", queued=queued)
+        with_class(doc, "low", dropped=dropped)
+        doc["spill"]["pending_events"] = disk
+        doc["upstream"].update(blocked=blocked, subscribers=subs, connected=subs > 0)
+        doc["ingest"]["paused"] = paused
+        docs.append(doc)
+    found = timeline(lambda t: docs[t], seconds=len(docs))
+    assert all(a.name in CATALOGUE for a in found)
+    assert len({a.name for a in found}) == len(found)
+    levels = [a.level for a in found]
+    assert levels == sorted(levels, key=lambda level: level != BAD)
+    # Without a subscriber it is NOT CONNECTED, never a slow one.
+    if steps[-1][4] == 0:
+        assert "NOT CONNECTED" in names(found) and "SLOW SUBSCRIBER" not in names(found)
