@@ -549,7 +549,8 @@ function drawCharts() {
   for (const c of CHARTS) drawChart(c, chart.cols);
   const n = chart.cols.t.length;
   setText("chart-note", n ? "10 min ago \u2192 now (" + clock(chart.cols.t[n - 1] * 1000)
-    + "), one point a second" : "no history yet: the agent keeps one sample a second");
+    + "), one point a second. Events: in filled, out dashed; memory: used filled, capacity"
+    + " dotted" : "no history yet: the agent keeps one sample a second");
 }
 
 // New samples are appended; what is older than the span goes.
