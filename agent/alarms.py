@@ -255,15 +255,28 @@ def _slow(old: Sample, new: Sample, samples: Sequence[Sample], span: str) -> str
     """
     grew = new.backlog - old.backlog
     refused = new.blocked - old.blocked
+    detail = None
     if grew >= WAITING_FLOOR_EVENTS and new.backlog >= WAITING_FLOOR_EVENTS:
-        return f"backlog {_count(new.backlog)} events, +{_count(grew)} in the last {span}"
-    in_window = [s for s in samples if old.mono <= s.mono <= new.mono]
-    if refused > 0 and all(s.backlog >= WAITING_FLOOR_EVENTS for s in in_window):
-        return (
-            f"{_count(refused)} sends refused in the last {span} while "
-            f"{_count(new.backlog)} events wait"
-        )
-    return None
+        detail = f"backlog {_count(new.backlog)} events, +{_count(grew)} in the last {span}"
+    else:
+        in_window = [s for s in samples if old.mono <= s.mono <= new.mono]
+        if refused > 0 and all(s.backlog >= WAITING_FLOOR_EVENTS for s in in_window):
+            detail = (
+                f"{_count(refused)} sends refused in the last {span} while "
+                f"{_count(new.backlog)} events wait"
+            )
+    if detail is None:
+        return None
+    # A class that waits in memory while nothing of it leaves may simply have
+    # no subscriber (a head-end that subscribes to some classes only).
+    unread = [
+        name
+        for i, name in enumerate(CLASS_NAMES)
+        if new.queued[i] >= WAITING_FLOOR_EVENTS and new.delivered[i] == old.delivered[i]
+    ]
+    if unread:
+        detail += f"; nothing of {', '.join(unread)} delivered: is a head-end subscribed to it?"
+    return detail
 
 
 # ---------------------------------------------------------------- helpers

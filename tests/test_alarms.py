@@ -90,6 +90,16 @@ def test_a_growing_backlog_is_a_slow_subscriber() -> None:
     assert "backlog 5,500 events, +5,000 in the last 10 s" in alarm.detail
 
 
+def test_a_class_nobody_reads_is_named() -> None:
+    def critical_only(t: int) -> Doc:
+        doc = with_class(quiet(t), "critical", received=10 * t, delivered=10 * t)
+        return with_class(doc, "low", received=400 * t, queued=400 * t)
+
+    (alarm,) = timeline(critical_only)
+    assert alarm.name == "SLOW SUBSCRIBER"
+    assert "nothing of low delivered: is a head-end subscribed to it?" in alarm.detail
+
+
 def test_refused_sends_while_events_keep_waiting_are_a_slow_subscriber() -> None:
     def not_draining(t: int) -> Doc:
         doc = quiet(t)
