@@ -317,8 +317,8 @@ def _upstream_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
     if connected is False:
         # The single most important fact on the box: nothing reaches the
         # head-end, everything is piling up in memory and on disk.
-        parts = [("NOT CONNECTED", "bad"), ("no subscriber; events are held here", None)]
-        return _flow("upstream", parts, width, paint, sep=" - ")
+        alarm = [("NOT CONNECTED", "bad"), ("no subscriber; events are held here", None)]
+        return _flow("upstream", alarm, width, paint, sep=" - ")
     head = "connected" if connected else "state unknown"
     counts = []
     if subscribers is not None:
@@ -472,8 +472,9 @@ def _class_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
         )
         rows.append((name, [("-" if v is None else _count(v)) for v in values], values))
     widths = [max(len(c), *(len(r[1][i]) for r in rows)) + 2 for i, c in enumerate(columns)]
-    cells = (c.rjust(w) for c, w in zip(columns, widths, strict=True))
-    header = "class".ljust(LABEL) + "".join(cells)
+    header = "class".ljust(LABEL) + "".join(
+        c.rjust(w) for c, w in zip(columns, widths, strict=True)
+    )
     lines = [paint(header, "bold")]
     for name, texts, values in rows:
         cells = []
