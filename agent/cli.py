@@ -18,8 +18,9 @@ Decisions the contract leaves open (README):
 - A reader that goes away (`edge-agent status --json | head`, `tail | head`)
   ends the command quietly with the status it would have had (status: 0, the
   agent was reachable; tail: 0): no BrokenPipe traceback.
-- Warnings about a valid config (`http.bind` off loopback) go to stderr in
-  check-config (still exit 0) and to the log at WARNING in run.
+- Warnings about a valid config (`http.bind` off loopback, plaintext endpoints
+  that `insecure_plaintext = true` lets through) go to stderr in check-config
+  (still exit 0) and to the log at WARNING in run.
 - `keygen --group G` makes the secret key 0640 to group G (and a directory it
   creates 0750 root:G): the layout for a service that runs as its own user
   while root keeps the key (`--group edge-agent`); `--owner U` gives the files
@@ -244,9 +245,14 @@ def _main(argv: Sequence[str] | None) -> int:
     from agent.settings import Settings
 
     assert isinstance(settings, Settings)
-    warning = http_bind_warning(settings.http)
+    from agent.protected import plaintext_warnings
+
+    warnings = [
+        http_bind_warning(settings.http),
+        *plaintext_warnings(settings.ingest, settings.upstream),
+    ]
     if args.command == "check-config":
-        if warning:
+        for warning in filter(None, warnings):
             print(f"edge-agent: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: ok")
         return EXIT_OK
@@ -254,7 +260,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from agent.loop import StartupError, run_agent
 
     setup_logging(settings.agent.log_level)
-    if warning:
+    for warning in filter(None, warnings):
         logging.getLogger("agent").warning("%s", warning)
     if not _memory_fits(settings):
         return EXIT_BAD_CONFIG
