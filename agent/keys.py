@@ -134,7 +134,7 @@ def _owner_problem(st: os.stat_result, reader: Reader) -> str | None:
         return None
     return (
         f"owned by uid {st.st_uid}, which is neither root nor the agent's user "
-        f"{reader.user}: whoever owns it can change who is admitted"
+        f"{reader.user}: whoever owns it decides what the agent trusts"
     )
 
 

@@ -32,6 +32,16 @@ pytestmark = pytest.mark.e2e
 QUIET_MS = 1000  # "nothing arrives within 1 s": the assertion, not a settling wait
 
 
+@pytest.fixture(autouse=True)
+def _umask_022() -> Iterator[None]:
+    """Key files and allowed dirs made here must not be group-writable, or the
+    agent refuses them (agent/keys.py); a user umask of 002 (Ubuntu's default
+    for user private groups) would make them so."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
 class Identities(KeyPairs):
     """Key pairs in <workdir>/keys (tests/curvekeys.py), and one client Context
     per identity."""

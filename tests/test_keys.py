@@ -13,7 +13,7 @@ import socket
 import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,16 @@ from curvekeys import KeyPairs
 NOBODY_UID = NOBODY_GID = 65534
 SECRET_KEY = "ingest.curve.secret_key_file"
 ALLOWED_KEY = "ingest.curve.allowed_keys_dir"
+
+
+@pytest.fixture(autouse=True)
+def _umask_022() -> Iterator[None]:
+    """Key files and allowed dirs made here must not be group-writable, or the
+    agent refuses them (agent/keys.py); a user umask of 002 (Ubuntu's default
+    for user private groups) would make them so."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
 
 
 @pytest.fixture
