@@ -170,18 +170,12 @@ def _keygen(directory: str, name: str, owner: str | None, group: str | None) -> 
         print(f"edge-agent: keygen: {e}", file=sys.stderr)
         return EXIT_FAILURE
     key = zmq.auth.load_certificate(public)[0].decode("ascii")
-    readers = " ".join(
-        part
-        for part in (
-            f"owner {owner}" if owner else "",
-            f"group {group} may read it" if group else "",
-        )
-        if part
-    )
+    who = [f"owner {owner}"] if owner else []
+    who += [f"group {group} may read it"] if group else []
     print(f"public key  {key}")
     print(f"public file {public}  (give it to the peers: it goes in their allowed_keys_dir)")
     print(
-        f"secret file {secret}  (mode {secret_mode(gid):04o}{', ' + readers if readers else ''}; "
+        f"secret file {secret}  (mode {', '.join([f'{secret_mode(gid):04o}', *who])}; "
         "stays on this box: secret_key_file)"
     )
     blocked = _unreachable(os.path.dirname(os.path.abspath(secret)), uid, gid)
@@ -208,7 +202,7 @@ def _unreachable(directory: str, uid: int | None, gid: int | None) -> str | None
     return (
         f"{directory} (mode {stat.S_IMODE(mode):04o}, uid {st.st_uid}, gid {st.st_gid}) "
         "cannot be searched by that owner or group: the service will not reach its key; "
-        f"e.g. chgrp GROUP {directory} && chmod 750 {directory}"
+        f"e.g. chgrp GROUP {directory} && chmod 750 {directory} (with --owner: chown)"
     )
 
 
