@@ -112,8 +112,9 @@ MAX_CONFIG_FILE_BYTES = 1 * MiB
 # (issue 13: 36-72 MiB for 1 MiB; a 64 MiB frame, the old ceiling, took ~40 s
 # and ~4.6 GB, past any unit's MemoryMax). The unit leaves 512 MiB above the
 # budget (MemoryMax = budget + 512M, agent/cgroup.py): 16 MiB x a few stays
-# well inside it. Each collector may also have up to `ingest.rcvhwm` frames
-# waiting in libzmq (README "Security": the per-peer worst case).
+# well inside it. Each collector may also have up to `ingest.rcvhwm` frames of
+# this size waiting in libzmq: that per-peer worst case is bounded separately
+# (issue 13 item 6).
 MAX_FRAME_CEILING = 16 * MiB
 
 # Keys whose new values a running agent can adopt on SIGHUP; a change to any
