@@ -181,6 +181,16 @@ def _keygen(directory: str, name: str, owner: str | None, group: str | None) -> 
     blocked = _unreachable(os.path.dirname(os.path.abspath(secret)), uid, gid)
     if blocked:
         print(f"edge-agent: keygen: warning: {blocked}", file=sys.stderr)
+    if os.geteuid() == 0 and uid is None and gid is None:
+        # The README's old recipe: a key only root can read, and a service
+        # that runs as its own user (issue 12 item 2).
+        print(
+            "edge-agent: keygen: note: made by root without --group/--owner, so only root "
+            "can read the secret; for the packaged service (user edge-agent) use "
+            "--group edge-agent, or chgrp edge-agent the secret and its directory "
+            "and chmod g+r / g+x them",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

@@ -249,3 +249,10 @@ def test_run_warns_over_memory_high_and_starts(
     monkeypatch.setattr(cgroup, "read_limits", lambda: None)
     assert cli.main(["run", "--config", _small_config(tmp_path)]) == 0
     assert "MemoryHigh" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the note is for root")
+def test_keygen_as_root_without_a_group_says_the_service_cannot_read_it(tmp_path: Path) -> None:
+    r = edge_agent("keygen", "--dir", str(tmp_path / "curve"), "--name", "gw")
+    assert r.returncode == 0
+    assert "only root can read the secret" in r.stderr and "--group edge-agent" in r.stderr
