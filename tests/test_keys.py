@@ -195,6 +195,27 @@ def test_a_symlinked_secret_key_is_refused_without_following_it(
         load_secret_key(str(link), SECRET_KEY)
 
 
+def test_a_fifo_as_the_secret_key_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "agent.key_secret"
+    os.mkfifo(fifo)
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_secret_key(str(fifo), SECRET_KEY)
+        except CurveError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=load)
+    t.start()
+    t.join(timeout=10)
+    if t.is_alive():
+        with open(fifo, "wb"):  # let the reader go
+            pass
+        pytest.fail("load_secret_key waited on a FIFO")
+    assert len(errors) == 1 and "not a regular file (a FIFO)" in str(errors[0])
+
+
 def test_an_oversized_key_file_is_refused_unread(keys: KeyPairs) -> None:
     path = Path(keys.secret_file("agent"))
     with path.open("ab") as f:
