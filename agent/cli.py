@@ -1,7 +1,8 @@
 """The command line: `edge-agent run | check-config | status | tail | send | keygen`.
 
 Exit statuses are part of the contract (INTERFACE.md, "Command line"):
-run: 0 after a clean stop, 2 on a bad config (stderr names the key), 1 when
+run: 0 after a clean stop, 2 on a bad config (stderr names the key; also a
+buffer.budget_bytes that cannot fit under the service's MemoryMax), 1 when
 the agent cannot start for another reason (a socket cannot bind, the spill dir
 is locked or too small: the message names the endpoint or the path);
 check-config: 0 valid, 2 invalid; status: 0 reachable, 1 not; tail: 0 on
@@ -17,8 +18,13 @@ Decisions the contract leaves open (README):
 - A reader that goes away (`edge-agent status --json | head`, `tail | head`)
   ends the command quietly with the status it would have had (status: 0, the
   agent was reachable; tail: 0): no BrokenPipe traceback.
-- Warnings about a valid config (`http.bind` off loopback) go to stderr in
-  check-config (still exit 0) and to the log at WARNING in run.
+- Warnings about a valid config (`http.bind` off loopback, plaintext endpoints
+  that `insecure_plaintext = true` lets through) go to stderr in check-config
+  (still exit 0) and to the log at WARNING in run.
+- `keygen --group G` makes the secret key 0640 to group G (and a directory it
+  creates 0750 root:G): the layout for a service that runs as its own user
+  while root keeps the key (`--group edge-agent`); `--owner U` gives the files
+  to U instead (secret 0600).
 """
 
 from __future__ import annotations
@@ -28,9 +34,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import agent
 from agent.classes import CLASS_NAMES
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -90,8 +100,21 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--meter", required=True, metavar="M", help="meter id (digits: an integer)")
     send.add_argument("--count", type=int, default=1, metavar="N", help="events to send (1)")
     keygen = sub.add_parser("keygen", help="write a CURVE key pair (NAME.key, NAME.key_secret)")
-    keygen.add_argument("--dir", required=True, metavar="DIR", help="where to write (made 0700)")
+    keygen.add_argument(
+        "--dir", required=True, metavar="DIR", help="where to write (made 0700, 0750 with --group)"
+    )
     keygen.add_argument("--name", required=True, metavar="NAME", help="file name without suffix")
+    keygen.add_argument(
+        "--owner",
+        metavar="USER",
+        help="give the new files (and the directory, if made here) to this user",
+    )
+    keygen.add_argument(
+        "--group",
+        metavar="GROUP",
+        help="give them to this group and let it read the secret (0640): the service's "
+        "group, e.g. --group edge-agent",
+    )
     return p
 
 
@@ -130,21 +153,67 @@ def _load(path: str) -> object:
         return None
 
 
-def _keygen(directory: str, name: str) -> int:
+def _keygen(directory: str, name: str, owner: str | None, group: str | None) -> int:
+    """`keygen`: a key pair the service can read. Run as root for the packaged
+    service, keygen needs --group edge-agent (or --owner edge-agent): without
+    it the secret is 0600 root in a 0700 root directory, which the unit's
+    user cannot read (issue 12 item 2)."""
     import zmq.auth
 
-    from agent.keys import CurveError, generate_keypair
+    from agent.keys import CurveError, generate_keypair, resolve_group, resolve_user, secret_mode
 
     try:
-        public, secret = generate_keypair(directory, name)
+        uid = resolve_user(owner) if owner is not None else None
+        gid = resolve_group(group) if group is not None else None
+        public, secret = generate_keypair(directory, name, owner=uid, group=gid)
     except CurveError as e:
         print(f"edge-agent: keygen: {e}", file=sys.stderr)
         return EXIT_FAILURE
     key = zmq.auth.load_certificate(public)[0].decode("ascii")
+    who = [f"owner {owner}"] if owner else []
+    who += [f"group {group} may read it"] if group else []
     print(f"public key  {key}")
     print(f"public file {public}  (give it to the peers: it goes in their allowed_keys_dir)")
-    print(f"secret file {secret}  (mode 0600, stays on this box: secret_key_file)")
+    print(
+        f"secret file {secret}  (mode {', '.join([f'{secret_mode(gid):04o}', *who])}; "
+        "stays on this box: secret_key_file)"
+    )
+    blocked = _unreachable(os.path.dirname(os.path.abspath(secret)), uid, gid)
+    if blocked:
+        print(f"edge-agent: keygen: warning: {blocked}", file=sys.stderr)
+    if os.geteuid() == 0 and uid is None and gid is None:
+        # The README's old recipe: a key only root can read, and a service
+        # that runs as its own user (issue 12 item 2).
+        print(
+            "edge-agent: keygen: note: made by root without --group/--owner, so only root "
+            "can read the secret; for the packaged service (user edge-agent) use "
+            "--group edge-agent, or chgrp edge-agent the secret and its directory "
+            "and chmod g+r / g+x them",
+            file=sys.stderr,
+        )
     return EXIT_OK
+
+
+def _unreachable(directory: str, uid: int | None, gid: int | None) -> str | None:
+    """A warning when `directory` (existing before keygen, so left as it was)
+    cannot be searched by the --owner / --group the key was made for."""
+    if uid is None and gid is None:
+        return None
+    import stat
+
+    st = os.stat(directory)
+    mode = st.st_mode
+    if uid is not None and (uid == 0 or (st.st_uid == uid and mode & stat.S_IXUSR)):
+        return None
+    if gid is not None and st.st_gid == gid and mode & stat.S_IXGRP:
+        return None
+    if mode & stat.S_IXOTH:
+        return None
+    return (
+        f"{directory} (mode {stat.S_IMODE(mode):04o}, uid {st.st_uid}, gid {st.st_gid}) "
+        "cannot be searched by that owner or group: the service will not reach its key; "
+        f"e.g. chgrp GROUP {directory} && chmod 750 {directory} (with --owner: chown)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,7 +234,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
         return _to_stdout(lambda: status.main(args.url or status.DEFAULT_URL, args.json))
     if args.command == "keygen":
-        return _keygen(args.dir, args.name)
+        return _keygen(args.dir, args.name, args.owner, args.group)
     if args.command == "tail":
         return _tail(args.upstream, args.config, args.classes)
     if args.command == "send":
@@ -180,9 +249,14 @@ def _main(argv: Sequence[str] | None) -> int:
     from agent.settings import Settings
 
     assert isinstance(settings, Settings)
-    warning = http_bind_warning(settings.http)
+    from agent.protected import plaintext_warnings
+
+    warnings = [
+        http_bind_warning(settings.http),
+        *plaintext_warnings(settings.ingest, settings.upstream),
+    ]
     if args.command == "check-config":
-        if warning:
+        for warning in filter(None, warnings):
             print(f"edge-agent: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: ok")
         return EXIT_OK
@@ -190,13 +264,35 @@ def _main(argv: Sequence[str] | None) -> int:
     from agent.loop import StartupError, run_agent
 
     setup_logging(settings.agent.log_level)
-    if warning:
+    for warning in filter(None, warnings):
         logging.getLogger("agent").warning("%s", warning)
+    if not _memory_fits(settings):
+        return EXIT_BAD_CONFIG
     try:
         return run_agent(settings, args.config)
     except StartupError as e:
         logging.getLogger("agent").error("cannot start: %s", e)
         return EXIT_FAILURE
+
+
+def _memory_fits(settings: Settings) -> bool:
+    """The budget against the cgroup's MemoryHigh/MemoryMax, before anything is
+    opened (issue 12 item 5). A budget over MemoryMax is a config problem
+    (exit 2: the unit's RestartPreventExitStatus=2 keeps systemd from
+    restarting into the same refusal); over MemoryHigh is a WARNING. Only at
+    `run`: check-config may run in another cgroup (a shell, config management)
+    whose limits say nothing about the service's."""
+    from agent import cgroup
+
+    log = logging.getLogger("agent")
+    try:
+        warning = cgroup.check_budget(settings.buffer.budget_bytes, cgroup.read_limits())
+    except cgroup.MemoryLimitError as e:
+        log.error("cannot start: %s", e)
+        return False
+    if warning:
+        log.warning("%s", warning)
+    return True
 
 
 def _tail(upstream: str | None, config: str | None, classes: list[str]) -> int:

@@ -38,20 +38,21 @@ two NaN keys do not (NaN != NaN) and b"a" and "a" do not.
 
 Hash flooding, and how it is bounded: keys that are arrays, maps or tags
 become tuples, frozendicts and CBORTags whose hashes an attacker can make
-collide (tuple hashing is invertible), and building such a map is quadratic
-in its size. Measured through decode_frames before the bound: one event map
-with 4000 colliding 2-int array keys (56 KB) took 0.44 s, with 16000 (224 KB)
-5.6 s; a 1 MiB frame would have stalled the loop for minutes. Text and
-byte-string keys are safe (randomised hashes). So every decode runs with
-cbor2's `strict_hashable_types=True` (0.999 against 0.969 us/event in one
-batch loads() here, within the noise) and an item that fails it for a key of another type is decoded again under
-the bound (`_other_keys_overflow` walks it first, so cbor2 never builds a map
-with more than MAX_OTHER_KEYS such keys). Honest events with text keys never
-take that path. Events with keys of other types do, at about twice the cost
-(measured, 110-byte events with one int key: 2.8 us instead of 1.3 in
-single-event frames, 2.3 instead of 1.6 in 32-event frames; a Python walk is
-added for such events longer than 2 * MAX_OTHER_KEYS bytes). The compiled
-scanner (agent/_speedups.pyx) judges int and byte-string keys itself.
+collide (tuple hashing is invertible), and building such a map is quadratic in
+its size. Measured through decode_frames before the bound: one event map with
+4000 colliding 2-int array keys (56 KB) took 0.44 s, with 16000 (224 KB) 5.6
+s; a 1 MiB frame would have stalled the loop for minutes. Text and byte-string
+keys are safe (randomised hashes). So every decode runs with cbor2's
+`strict_hashable_types=True` (0.999 against 0.969 us/event in one batch
+loads() here, within the noise) and an item that fails it for a key of another
+type is decoded again under the bound (`_other_keys_overflow` walks it first,
+so cbor2 never builds a map with more than MAX_OTHER_KEYS such keys). Honest
+events with text keys never take that path. Events with keys of other types
+do, at about twice the cost (measured, 110-byte events with one int key: 2.8
+us instead of 1.3 in single-event frames, 2.3 instead of 1.6 in 32-event
+frames; a Python walk is added for such events longer than 2 * MAX_OTHER_KEYS
+bytes). The compiled scanner (agent/_speedups.pyx) judges int and byte-string
+keys itself.
 """
 
 from __future__ import annotations

@@ -29,9 +29,12 @@ Decisions an operator should know (the README quotes them):
   are always absolute and never depend on the process's working directory.
 - Endpoints are `tcp://host:port` or `ipc:///absolute/path` (or `ipc://@name`);
   their syntax and when two are the same place is agent/endpoints.py's.
-- `bind` defaults to the contract's endpoint only when neither `bind` nor
-  `connect` is given for that socket: a config that says only
-  `connect = [...]` does not also listen on 0.0.0.0.
+- `bind` defaults to the contract's port on loopback (tcp://127.0.0.1:5557,
+  :5558) only when neither `bind` nor `connect` is given for that socket: a
+  config that says only `connect = [...]` does not also open a port.
+- Protected mode (INTERFACE.md, agent/protected.py) is checked last: a
+  plaintext endpoint beyond loopback/ipc needs `insecure_plaintext = true` in
+  its table (`[ingest]`, `[upstream]`), else the error names its key and text.
 - Two binds that the kernel would refuse (same tcp port on the same address or
   a wildcard, the same ipc path) are an error, across ingest, upstream and http:
   check-config catches at once what would otherwise fail at start-up (or, for
@@ -70,6 +73,7 @@ from agent.endpoints import (
     parse_endpoint,
     parse_http_bind,
 )
+from agent.protected import first_exposure
 from agent.queues import CHUNK_BYTES
 from agent.settings import (
     SCALED_DEFAULT,
@@ -106,6 +110,18 @@ GiB = 1024 * MiB
 # (`--config /dev/zero`, a log file) and must not be read into memory whole.
 MAX_CONFIG_FILE_BYTES = 1 * MiB
 
+# The largest `ingest.max_frame_bytes`, in bytes: what the memory sizing
+# covers. Outside the buffer budget each frame exists whole in libzmq, as a
+# Python bytes, and as what cbor2 builds while decoding it: a few times the
+# frame for ordinary events, and far more for a frame of tiny nested items
+# (issue 13: 36-72 MiB for 1 MiB; a 64 MiB frame, the old ceiling, took ~40 s
+# and ~4.6 GB, past any unit's MemoryMax). The unit leaves 512 MiB above the
+# budget (MemoryMax = budget + 512M, agent/cgroup.py): 16 MiB x a few stays
+# well inside it. Each collector may also have up to `ingest.rcvhwm` frames of
+# this size waiting in libzmq: that per-peer worst case is bounded separately
+# (issue 13 item 6).
+MAX_FRAME_CEILING = 16 * MiB
+
 # Keys whose new values a running agent can adopt on SIGHUP; a change to any
 # other key needs a restart. Compare with `changed_keys(old, new)`.
 RELOADABLE: frozenset[str] = frozenset(
@@ -134,6 +150,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
         "rcvbuf_bytes",
         "max_peers",
         "curve",
+        "insecure_plaintext",
     ),
     "ingest.curve": ("secret_key_file", "allowed_keys_dir"),
     "upstream": (
@@ -145,6 +162,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
         "sndhwm",
         "sndbuf_bytes",
         "curve",
+        "insecure_plaintext",
     ),
     "upstream.curve": ("secret_key_file", "allowed_keys_dir"),
     "buffer": ("budget_bytes", "critical_reserve_bytes", "shrink_after_s"),
@@ -249,6 +267,7 @@ def parse_config(
     _check_lane_endpoints(ingest, upstream)
     _check_buffer_room(root.sub("buffer"), buffer, ingest)
     _check_spill_room(root.sub("spill"), spill, ingest)
+    _check_protected_mode(ingest, upstream)
     return Settings(
         agent=agent,
         ingest=ingest,
@@ -421,6 +440,14 @@ class _Table:
             self.fail(name, "must not be empty")
         return value
 
+    def boolean(self, name: str, default: bool) -> bool:
+        if not self.has(name):
+            return default
+        value = self.doc[name]
+        if not isinstance(value, bool):
+            self.fail(name, f"must be true or false, got {_describe(value)}")
+        return value
+
     def string_list(self, name: str) -> tuple[str, ...]:
         value = self.doc[name]
         if not isinstance(value, list):
@@ -511,11 +538,8 @@ def _check_lane_endpoints(ingest: IngestSettings, upstream: UpstreamSettings) ->
     talk to itself, or share a collector's PUSH round-robin between the lane
     and the bulk socket, which makes the lane meaningless. Bind clashes under a
     wildcard are `_check_bind_clashes`'s.
-
-    TODO(protected mode, issue 13): the lane's endpoints (ingest.priority_bind,
-    ingest.priority_connect) must join the protected-mode check over (key,
-    endpoint) pairs, under [ingest]'s CURVE / insecure_plaintext, like
-    ingest.bind and ingest.connect."""
+    Protected mode covers the lane's endpoints under [ingest]'s CURVE and
+    insecure_plaintext (agent/protected.py)."""
     others: dict[Endpoint, str] = {}
     for key, texts, bind in (
         ("ingest.bind", ingest.bind, True),
@@ -589,7 +613,7 @@ def _socket_endpoints(
     if t.has("bind"):
         bind = _endpoints(t, "bind", bind=True)
     else:
-        # The default bind (0.0.0.0) applies only when no endpoint is given at
+        # The default bind (loopback) applies only when no endpoint is given at
         # all: `connect` alone must not also open a listening port.
         bind = () if t.has("connect") else default_bind
     _check_socket_endpoints(t, bind, connect)
@@ -622,9 +646,8 @@ def _parse_ingest(t: _Table, base: str | None) -> IngestSettings:
         priority_bind=priority_bind,
         priority_connect=priority_connect,
         # Bytes (ZMQ_MAXMSGSIZE). Below 64 no real event fits (and "1", meant
-        # as MiB, must fail loudly); above 64 MiB one frame is held and decoded
-        # whole, a large slice of the memory budget for a single peer's message.
-        max_frame_bytes=t.integer("max_frame_bytes", d.max_frame_bytes, 64, 64 * MiB),
+        # as MiB, must fail loudly). MAX_FRAME_CEILING above: why 16 MiB.
+        max_frame_bytes=t.integer("max_frame_bytes", d.max_frame_bytes, 64, MAX_FRAME_CEILING),
         # Frames (ZMQ_RCVHWM). 0 would mean "unlimited" to libzmq: memory
         # outside the budget, and a queue ahead of every critical alert.
         rcvhwm=t.integer("rcvhwm", d.rcvhwm, 1, 1_000_000),
@@ -637,6 +660,7 @@ def _parse_ingest(t: _Table, base: str | None) -> IngestSettings:
         # frames in libzmq (README, worst case).
         max_peers=t.integer("max_peers", d.max_peers, 1, 10_000),
         curve=_parse_curve(t.sub("curve"), base),
+        insecure_plaintext=t.boolean("insecure_plaintext", d.insecure_plaintext),
     )
 
 
@@ -663,7 +687,18 @@ def _parse_upstream(t: _Table, base: str | None) -> UpstreamSettings:
         # is a typo (the kernel clamps to net.core.wmem_max silently).
         sndbuf_bytes=t.integer("sndbuf_bytes", d.sndbuf_bytes, 4 * KiB, 64 * MiB),
         curve=_parse_curve(t.sub("curve"), base),
+        insecure_plaintext=t.boolean("insecure_plaintext", d.insecure_plaintext),
     )
+
+
+def _check_protected_mode(ingest: IngestSettings, upstream: UpstreamSettings) -> None:
+    """Protected mode (INTERFACE.md; the rule and its wording are
+    agent/protected.py's): a plaintext endpoint beyond loopback/ipc needs
+    `insecure_plaintext = true` in its socket's table. Checked last, on
+    endpoints already known to be valid."""
+    exposure = first_exposure(ingest, upstream)
+    if exposure is not None:
+        raise ConfigError(exposure.key, exposure.problem())
 
 
 def _parse_buffer(t: _Table) -> BufferSettings:

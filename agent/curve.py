@@ -386,8 +386,11 @@ class CurveGuard:
     # -- SIGHUP ------------------------------------------------------------------
 
     def reload_allowed(self) -> None:
-        """Re-read every allowed_keys_dir. All or nothing: on a bad file this
-        raises CurveError and the running sets are kept. A removed key stops new
+        """Re-read every allowed_keys_dir. All or nothing: on a bad file (or a
+        directory or key file others could have written, agent/keys.py) this
+        raises CurveError and the running sets are kept. It runs in the loop's
+        thread and never waits on a file: only regular files are opened, and
+        the directory holds at most keys.MAX_DIR_ENTRIES entries. A removed key stops new
         handshakes only. A peer already connected stays connected until it
         disconnects or the agent restarts, because libzmq cannot drop one peer
         by key."""

@@ -50,6 +50,7 @@ from agent.classes import CLASSES, EventClass
 from agent.codec import MULTIPART, DecodeResult
 from agent.curve import CurveError, CurveGuard
 from agent.governor import BufferGovernor
+from agent.history import History
 from agent.http import HttpServer
 from agent.notify import Notifier
 from agent.peers import PeerTable, worst_case_bytes
@@ -188,6 +189,7 @@ class Agent:
         self._state = "starting"
         self._snapshot: Snapshot | None = None
         self._started_wall = time.time()
+        self.history = History()  # the last 10 minutes, for the page (agent/history.py)
         self.http_address: tuple[str, int] | None = None
 
     # -- public ----------------------------------------------------------------
@@ -226,7 +228,7 @@ class Agent:
         self._open_sockets(opened)
         self._open_state()
         self._publish_snapshot(time.monotonic())
-        self.http = HttpServer(s.http.host, s.http.port, self.snapshot)
+        self.http = HttpServer(s.http.host, s.http.port, self.snapshot, history=self.history)
         try:
             self.http.start()
         except OSError as e:
@@ -770,6 +772,7 @@ class Agent:
                 if freed:
                     log.info("buffers shrunk: %d bytes returned to the OS", freed)
             self._publish_snapshot(now)
+            self.history.record(self.snapshot(), now)  # one sample a second
             self._next_snapshot = now + SNAPSHOT_EVERY_S
 
     def _publish_snapshot(self, now: float) -> None:

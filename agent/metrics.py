@@ -46,7 +46,8 @@ no cost beyond the import), so /metrics shows exactly what is listed here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import (
@@ -59,6 +60,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from agent.alarms import CATALOGUE, Alarm
 from agent.classes import CLASS_NAMES
 from agent.codec import MULTIPART, REASONS
 from agent.governor import GovernorState
@@ -79,28 +81,54 @@ GOVERNOR_STATES: tuple[str, ...] = tuple(s.value for s in GovernorState)
 AGENT_STATES: tuple[str, ...] = ("starting", "running", "stopping")
 
 
-def render(snap: Snapshot, *, loop_age_s: float | None = None) -> bytes:
+def render(
+    snap: Snapshot,
+    *,
+    loop_age_s: float | None = None,
+    alarms: Sequence[Alarm] | None = None,
+    document: Mapping[str, Any] | None = None,
+) -> bytes:
     """The exposition text of one snapshot (UTF-8).
 
     `loop_age_s`: seconds since the loop built `snap` (the HTTP side knows the
     clock); exposed so a stuck loop, whose counters merely look flat, can be
-    alerted on. Left out when None.
+    alerted on. Left out when None. `alarms`: the alarms that hold now
+    (agent/alarms.py), one 0/1 series per known alarm; left out when None.
+    `document`: `snap.to_json()` when the caller has it already (it is
+    built here otherwise), read for the fields shown only when an agent
+    reports them (`_reported`).
     """
-    return generate_latest(_SnapshotCollector(snap, loop_age_s))
+    return generate_latest(_SnapshotCollector(snap, loop_age_s, alarms, document))
 
 
 class _SnapshotCollector(Collector):
     """A collector over one frozen snapshot; lives for one scrape."""
 
-    def __init__(self, snap: Snapshot, loop_age_s: float | None) -> None:
+    def __init__(
+        self,
+        snap: Snapshot,
+        loop_age_s: float | None,
+        alarms: Sequence[Alarm] | None,
+        document: Mapping[str, Any] | None,
+    ) -> None:
         self._snap = snap
         self._loop_age_s = loop_age_s
+        self._alarms = alarms
+        self._document = document
 
     def collect(self) -> Iterator[Metric]:
-        yield from families(self._snap, loop_age_s=self._loop_age_s)
+        yield from families(
+            self._snap, loop_age_s=self._loop_age_s, alarms=self._alarms, document=self._document
+        )
 
 
-def families(snap: Snapshot, *, loop_age_s: float | None = None) -> Iterator[Metric]:
+def families(
+    snap: Snapshot,
+    *,
+    loop_age_s: float | None = None,
+    alarms: Sequence[Alarm] | None = None,
+    document: Mapping[str, Any] | None = None,
+) -> Iterator[Metric]:
     """Every metric family of one snapshot, in exposition order."""
     yield from _agent(snap, loop_age_s)
     yield from _classes(snap)
@@ -109,6 +137,9 @@ def families(snap: Snapshot, *, loop_age_s: float | None = None) -> Iterator[Met
     yield from _ingest(snap)
     yield from _upstream(snap)
     yield _latency(snap.critical_latency)
+    yield from _reported(document if document is not None else snap.to_json())
+    if alarms is not None:
+        yield _alarms(alarms)
 
 
 # ---------------------------------------------------------------- families
@@ -259,6 +290,112 @@ def _latency(h: LatencyHistogram) -> Metric:
         buckets=buckets,
         sum_value=h.sum_s,
     )
+
+
+def _alarms(alarms: Sequence[Alarm]) -> Metric:
+    # Every known alarm at 0 or 1 (fixed label set, like the classes), so an
+    # alert rule can say `edge_agent_alarm{alarm="SLOW SUBSCRIBER"} == 1`
+    # with the same name the page and `edge-agent status` print.
+    family = GaugeMetricFamily(
+        PREFIX + "alarm",
+        "1 while the named alarm holds (the status page's alarms; README, Alarms).",
+        labels=["alarm"],
+    )
+    active = {a.name for a in alarms}
+    for name in (*CATALOGUE, *sorted(active - set(CATALOGUE))):
+        family.add_metric([name], int(name in active))
+    return family
+
+
+def _reported(doc: Mapping[str, Any]) -> Iterator[Metric]:
+    """Families for endpoint fields an agent may or may not report (the alert
+    lane, the ingest path, stuck-subscriber handling, write-through): read
+    from the JSON document, so each appears exactly when the agent reports it."""
+    lane = _section(doc, "ingest", "lane")
+    if lane is not None:
+        configured = lane.get("configured")
+        if isinstance(configured, bool):
+            yield _gauge(
+                "lane_configured", "1 when an alert lane (priority_bind) is set.", int(configured)
+            )
+        for key, name, help_text in (
+            ("frames", "lane_frames", "Frames read from the alert lane."),
+            ("events", "lane_events", "Valid events read from the alert lane."),
+            (
+                "noncritical",
+                "lane_noncritical_events",
+                "Events on the alert lane that were not critical (a misconfigured collector).",
+            ),
+        ):
+            if _is_count(lane.get(key)):
+                yield _counter(name, help_text, lane[key])
+    agent = _section(doc, "agent") or {}
+    path = agent.get("ingest_path")
+    if isinstance(path, str) and path:
+        yield _stateset(
+            "ingest_path",
+            "Which ingest decoder runs: the compiled fast path or the Python reference.",
+            ("compiled", "python"),
+            path,
+        )
+    upstream = _section(doc, "upstream") or {}
+    if _is_count(upstream.get("peers")):
+        yield _gauge("upstream_peers", "Peers connected to the upstream socket.", upstream["peers"])
+    if isinstance(upstream.get("stalled"), bool):
+        yield _gauge(
+            "upstream_stalled",
+            "1 while a subscriber that stopped reading is being dropped for.",
+            int(upstream["stalled"]),
+        )
+    for key, help_text in (
+        ("stuck_dropped_messages", "Upstream messages dropped for a stuck subscriber."),
+        ("stuck_dropped_events", "Events in upstream messages dropped for a stuck subscriber."),
+    ):
+        if _is_count(upstream.get(key)):
+            yield _counter("upstream_" + key, help_text, upstream[key])
+    write_through = _write_through(doc)
+    if write_through:
+        family = GaugeMetricFamily(
+            PREFIX + "spill_write_through",
+            "1 for a class whose events are written through to the spill files.",
+            labels=["class"],
+        )
+        for name, on in write_through.items():
+            family.add_metric([name], int(on))
+        yield family
+
+
+def _section(doc: Mapping[str, Any], *keys: str) -> Mapping[str, Any] | None:
+    node: Any = doc
+    for key in keys:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node if isinstance(node, Mapping) else None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _write_through(doc: Mapping[str, Any]) -> dict[str, bool]:
+    """Class -> write-through on/off, from `spill.write_through` (a list of
+    classes, a class -> bool map, or class -> {"enabled": bool, ...}), or
+    {} when the agent does not report it."""
+    spill = _section(doc, "spill") or {}
+    value = spill.get("write_through")
+    if isinstance(value, list):
+        return {name: name in value for name in CLASS_NAMES}
+    if isinstance(value, Mapping):
+        found = {}
+        for name in CLASS_NAMES:
+            state = value.get(name)
+            if isinstance(state, Mapping):
+                state = state.get("enabled", state.get("on"))
+            if isinstance(state, bool):
+                found[name] = state
+        return found
+    return {}
 
 
 # ---------------------------------------------------------------- helpers

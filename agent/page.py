@@ -18,22 +18,27 @@ promises:
   (and the tests), never a request.
 - The page is static: nothing from the agent is interpolated on the server.
   The script polls `api/v1/gateway/backpressure` (relative, so it also works
-  behind a path-prefixing proxy) once a second and writes every value it
-  shows with `textContent`, never as markup, so an agent id or a reject
-  reason cannot inject anything.
+  behind a path-prefixing proxy) once a second and `api/v1/gateway/history`
+  every 5 s (only the samples after the last it has), and writes every value
+  it shows with `textContent`, never as markup, so an agent id or a reject
+  reason cannot inject anything. The charts are SVG elements built with
+  createElementNS, their paths made of numbers only.
 - It reads the JSON document the way `edge-agent status` does (status.py):
   only the contract's fields are required; everything else is optional and
   shows as "?" or "n/a" when missing, so one page works with older and newer
-  agents.
+  agents, and fields other components add (the alert lane, stuck
+  subscribers, write-through, the ingest path) appear when reported.
 - What a technician must see in seconds is said in words, not colour alone:
-  NOT CONNECTED, DROPPED, INGEST PAUSED, LOOP STALLED, and STALE when the
-  agent stops answering (the last values stay, dimmed and marked STALE).
+  the agent's alarms by name with what to do (agent/alarms.py, the same list
+  as `edge-agent status` and /metrics), NOT CONNECTED, DROPPED, and STALE when
+  the agent stops answering (the last values stay, dimmed and marked STALE).
 
-Client-side computations (they need two snapshots, which only the browser has):
-rates are counter deltas over the agent's own `agent.taken_at` (not the
-laptop's clock) across the last ~5 s; critical latency quantiles are read off
-the histogram's bucket deltas over the last ~60 s (`latency.critical`; "n/a"
-while no critical event has been measured, or from an older agent without it).
+Nothing is computed from the page's own sequence of answers: every rate, the
+critical latency of the last minute and the alarms' trends come from the
+agent's history (agent/history.py), so the first paint already has them and
+every rate on the screen covers the same window. The page only keeps the
+charts' columns (10 minutes, merged from the 5-second updates) and says when
+the agent restarted while it was open.
 """
 
 from __future__ import annotations

@@ -9,8 +9,10 @@ page (agent/static/status.js, checked equal in tests/test_page.py).
 """
 
 BACKPRESSURE_PATH = "/api/v1/gateway/backpressure"
+# The status page's charts: the last 10 minutes (agent/history.py).
+HISTORY_PATH = "/api/v1/gateway/history"
 HEALTHZ_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 STATUS_PAGE_PATH = "/"
 
-__all__ = ["BACKPRESSURE_PATH", "HEALTHZ_PATH", "METRICS_PATH", "STATUS_PAGE_PATH"]
+__all__ = ["BACKPRESSURE_PATH", "HEALTHZ_PATH", "HISTORY_PATH", "METRICS_PATH", "STATUS_PAGE_PATH"]

@@ -30,9 +30,14 @@ class CurveSettings:
     allowed_keys_dir: str | None = None
 
 
+# The default binds are on loopback: with nothing written, only this host can
+# reach the agent (protected mode, agent/protected.py). Listening for other
+# hosts takes an explicit `bind` plus CURVE or `insecure_plaintext = true`.
+
+
 @dataclasses.dataclass(frozen=True)
 class IngestSettings:
-    bind: tuple[str, ...] = ("tcp://0.0.0.0:5557",)
+    bind: tuple[str, ...] = ("tcp://127.0.0.1:5557",)
     connect: tuple[str, ...] = ()
     # ZMQ_MAXMSGSIZE: a larger frame disconnects the peer (contract default 1 MiB).
     max_frame_bytes: int = 1 * MiB
@@ -49,6 +54,8 @@ class IngestSettings:
     # 1000 frames per collector are ~2-3 ms of the agent's ingest.
     rcvhwm: int = 1000
     curve: CurveSettings = dataclasses.field(default_factory=CurveSettings)
+    # Protected mode's opt-out: plaintext endpoints beyond loopback/ipc allowed.
+    insecure_plaintext: bool = False
     # The alert lane (INTERFACE.md): a second PULL socket with the same framing,
     # rules, size limit, buffers and CURVE settings, read before every bulk
     # burst. No endpoints: no lane.
@@ -77,7 +84,7 @@ class IngestSettings:
 
 @dataclasses.dataclass(frozen=True)
 class UpstreamSettings:
-    bind: tuple[str, ...] = ("tcp://0.0.0.0:5558",)
+    bind: tuple[str, ...] = ("tcp://127.0.0.1:5558",)
     connect: tuple[str, ...] = ()
     # One upstream message carries at most this many events / body bytes.
     batch_max_events: int = 256
@@ -92,6 +99,7 @@ class UpstreamSettings:
     sndhwm: int = 2
     sndbuf_bytes: int = 64 * 1024
     curve: CurveSettings = dataclasses.field(default_factory=CurveSettings)
+    insecure_plaintext: bool = False  # as IngestSettings'
 
 
 # `critical_reserve_bytes` when the operator does not write it: it follows the

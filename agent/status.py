@@ -10,6 +10,10 @@ It promises to render any document that carries the contract's fields
 at all: the CLI on a laptop may talk to an older or newer agent. Every field
 beyond the contract is read as optional; a missing one shows as "?" or its
 line is left out. Plain ASCII unless `color=True`.
+
+The alarms are the agent's own (`alarms` in the document, agent/alarms.py),
+printed with the names the status page shows; from an agent too old to send
+them, the same module evaluates what one document can tell (no trends).
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import os
 import socket
 import sys
 import textwrap
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any, ClassVar, TextIO
 
+from agent import alarms
 from agent.classes import CLASS_NAMES
 from agent.routes import BACKPRESSURE_PATH
 
@@ -256,8 +262,9 @@ def render(doc: dict[str, Any], *, width: int = 72, color: bool = False) -> str:
     paint = _Paint(color)
     sections: list[Callable[[Any, _Paint, int], list[str]]] = [
         _agent_lines,
-        _upstream_lines,
         _alarm_lines,
+        _upstream_lines,
+        _rate_lines,
         _memory_lines,
         _class_lines,
         _spill_lines,
@@ -275,17 +282,28 @@ def _agent_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
     state = _text(doc, "agent", "state")
     uptime = _num(doc, "agent", "uptime_s")
     version = _text(doc, "agent", "version")
-    epoch = _num(doc, "agent", "epoch")
+    started = _num(doc, "agent", "started_at")
+    path = _text(doc, "agent", "ingest_path")
     parts: list[tuple[str, str | None]] = [(agent_id, "bold")]
     if state is not None:
         parts.append((state, "good" if state == "running" else "warn"))
     if uptime is not None:
         parts.append((f"up {_duration(uptime)}", None))
+    if started is not None and started > 0:
+        # The start, not the epoch: a 13-digit number tells a person nothing.
+        parts.append((f"since {_utc(started)}", "dim"))
     if version is not None:
         parts.append((f"v{version}", "dim"))
-    if epoch is not None:
-        parts.append((f"epoch {int(epoch)}", "dim"))
+    if path is not None:
+        parts.append((f"{path} ingest", "dim"))
     return _flow("agent", parts, width, paint)
+
+
+def _utc(seconds: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+    except (OverflowError, OSError, ValueError):
+        return "?"
 
 
 def _upstream_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
@@ -299,37 +317,93 @@ def _upstream_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
     if connected is False:
         # The single most important fact on the box: nothing reaches the
         # head-end, everything is piling up in memory and on disk.
-        parts = [("NOT CONNECTED", "bad"), ("no subscriber; events are held here", None)]
-        return _flow("upstream", parts, width, paint, sep=" - ")
+        alarm = [("NOT CONNECTED", "bad"), ("no subscriber; events are held here", None)]
+        return _flow("upstream", alarm, width, paint, sep=" - ")
     head = "connected" if connected else "state unknown"
+    counts = []
     if subscribers is not None:
-        noun = "subscriber" if subscribers == 1 else "subscribers"
-        head += f" ({_count(subscribers)} {noun})"
-    details = []
+        counts.append(f"{_count(subscribers)} subscriber" + ("" if subscribers == 1 else "s"))
+    peers = _num(upstream, "peers")
+    if peers is not None:
+        counts.append(f"{_count(peers)} peer" + ("" if peers == 1 else "s"))
+    if counts:
+        head += f" ({', '.join(counts)})"
+    parts: list[tuple[str, str | None]] = [(head, "good" if connected else "warn")]
+    if _get(upstream, "stalled") is True:
+        parts.append(("a subscriber stopped reading", "bad"))
     if _num(upstream, "events") is not None:
-        details.append(f"{_count(_num(upstream, 'events'))} events sent")
+        parts.append((f"{_count(_num(upstream, 'events'))} events sent", None))
+    stuck = _num(upstream, "stuck_dropped_messages")
+    if stuck:
+        text = f"{_count(stuck)} messages dropped for stuck subscribers"
+        stuck_events = _num(upstream, "stuck_dropped_events")
+        if stuck_events is not None:
+            text += f" ({_count(stuck_events)} events)"
+        parts.append((text, "warn"))
     blocked = _num(upstream, "blocked")
     if blocked:
-        details.append(f"{_count(blocked)} sends blocked (slow subscriber)")
-    parts = [(head, "good" if connected else "warn"), *((d, None) for d in details)]
+        # Normal on the deliberately shallow pipe while a subscriber keeps
+        # up: a count, not an alarm (SLOW SUBSCRIBER says when it matters).
+        parts.append((f"{_count(blocked)} sends refused by a full pipe", None))
     return _flow("upstream", parts, width, paint, sep="; ")
 
 
 def _alarm_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
-    """Loss and stalls, said once at the top where nobody can miss them."""
+    """The alarms, worst first, each with what to do, where nobody can miss them."""
     lines = []
-    dropped = []
-    for name in CLASS_NAMES:
-        n = _num(doc, "priorities", name, "dropped")
-        if n:
-            dropped.append(f"{_count(n)} {name}")
-    if dropped:
-        text = "DROPPED: " + ", ".join(dropped) + " (memory and disk were full)"
-        lines += [paint(line, "bad") for line in _wrap("!!", text, width)]
-    if _get(doc, "ingest", "paused") is True:
-        text = "INGEST PAUSED: buffers full and nowhere to spill; collectors are waiting"
-        lines += [paint(line, "bad") for line in _wrap("!!", text, width)]
+    for name, level, detail, action in _alarms(doc):
+        style = "bad" if level == alarms.BAD else "warn"
+        lines += [paint(line, style) for line in _wrap("!!", f"{name}: {detail}", width)]
+        if action:
+            lines += _wrap("", f"-> {action}", width)
     return lines
+
+
+def _alarms(doc: Any) -> list[tuple[str, str, str, str]]:
+    """(name, level, detail, action) of the document's alarms, or, from an
+    agent that does not send them, those one document shows."""
+    listed = _get(doc, "alarms")
+    if not isinstance(listed, list):
+        return [(a.name, a.level, a.detail, a.action) for a in alarms.evaluate(doc)]
+    found = []
+    for item in listed:
+        name = _text(item, "name")
+        if name is None:
+            continue
+        found.append(
+            (
+                name,
+                _text(item, "level") or alarms.WARN,
+                _text(item, "detail") or "",
+                _text(item, "action") or "",
+            )
+        )
+    return found
+
+
+def _rate_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
+    """Events per second over the agent's own last few seconds (`rates`)."""
+    rates = _get(doc, "rates")
+    if not isinstance(rates, dict):
+        return []
+    window = _num(rates, "window_s")
+    events_in, events_out = _num(rates, "events_in"), _num(rates, "events_out")
+    text = f"in {_rate(events_in)}/s, out {_rate(events_out)}/s"
+    critical = _num(rates, "classes", "critical", "in")
+    if critical:
+        text += f"; critical in {_rate(critical)}/s"
+    rejected = _num(rates, "rejected")
+    if rejected:
+        text += f"; rejected {_rate(rejected)}/s"
+    if window is not None:
+        text += f" (last {window:.0f} s)"
+    return _wrap("rates", text, width)
+
+
+def _rate(r: float | None) -> str:
+    if r is None:
+        return "?"
+    return f"{r:.1f}" if 0 < r < 10 else f"{round(r):,}"
 
 
 def _memory_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
@@ -398,8 +472,9 @@ def _class_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
         )
         rows.append((name, [("-" if v is None else _count(v)) for v in values], values))
     widths = [max(len(c), *(len(r[1][i]) for r in rows)) + 2 for i, c in enumerate(columns)]
-    cells = (c.rjust(w) for c, w in zip(columns, widths, strict=True))
-    header = "class".ljust(LABEL) + "".join(cells)
+    header = "class".ljust(LABEL) + "".join(
+        c.rjust(w) for c, w in zip(columns, widths, strict=True)
+    )
     lines = [paint(header, "bold")]
     for name, texts, values in rows:
         cells = []
@@ -435,11 +510,32 @@ def _spill_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
         f"{_count(_num(spill, 'recovered_events'))} recovered",
         width,
     )
+    write_through = _write_through(spill)
+    if write_through is not None:
+        lines += _wrap("", "write-through: " + (", ".join(write_through) or "none"), width)
     corrupt = _num(spill, "corrupt_records")
     if corrupt:
         text = f"{_count(corrupt)} corrupt records skipped at start-up"
         lines += [paint(line, "warn") for line in _wrap("", text, width)]
     return lines
+
+
+def _write_through(spill: dict[str, Any]) -> list[str] | None:
+    """The classes written through to disk, from `spill.write_through` (a
+    list of classes, or class -> bool / {"enabled": bool}); None if absent."""
+    value = spill.get("write_through")
+    if isinstance(value, list):
+        return [name for name in CLASS_NAMES if name in value]
+    if isinstance(value, dict):
+        on = []
+        for name in CLASS_NAMES:
+            state = value.get(name)
+            if isinstance(state, dict):
+                state = state.get("enabled", state.get("on"))
+            if state is True:
+                on.append(name)
+        return on
+    return None
 
 
 def _reject_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
@@ -476,7 +572,18 @@ def _ingest_lines(doc: Any, paint: _Paint, width: int) -> list[str]:
     unauthorized = _num(ingest, "unauthorized")
     if unauthorized:
         text += f"; {_count(unauthorized)} unauthorized handshakes refused"
-    return _wrap("ingest", text, width)
+    lines = _wrap("ingest", text, width)
+    lane = _get(ingest, "lane")
+    if isinstance(lane, dict):
+        if lane.get("configured") is False:
+            lines += _wrap("lane", "no alert lane configured", width)
+        else:
+            text = f"{_count(_num(lane, 'events'))} events in {_count(_num(lane, 'frames'))} frames"
+            noncritical = _num(lane, "noncritical")
+            if noncritical:
+                text += f"; {_count(noncritical)} not critical (a misconfigured collector?)"
+            lines += _wrap("lane", text, width)
+    return lines
 
 
 # ---------------------------------------------------------------- the command

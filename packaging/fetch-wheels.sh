@@ -4,7 +4,7 @@
 # Fills a directory with every wheel the agent needs on the TARGET (its CPU
 # architecture and CPython minor version), not on this build machine: our own
 # wheel from this checkout, and the binary wheels of its runtime dependencies
-# as declared in setup.cfg (pyzmq, cbor2, mmh3, bottle, ...). This is the only
+# as declared in setup.cfg (pyzmq, cbor2, mmh3, bottle, waitress, ...). This is the only
 # step that uses the network (PyPI); build-deb.sh then works offline from the
 # directory, and the gateway installs from the copy shipped in the package.
 #

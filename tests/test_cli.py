@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -141,3 +141,118 @@ def test_run_logs_the_warning_at_start(make_agent: Callable[..., AgentProcess]) 
     quiet = make_agent().start()
     assert not any("http.bind" in line for line in quiet.lines)
     assert quiet.stop() == 0
+
+
+# -- keygen --owner / --group (issue 12 item 2) ----------------------------------------
+
+
+def test_keygen_group_makes_the_secret_readable_by_that_group(tmp_path: Path) -> None:
+    import grp
+    import stat
+
+    group = grp.getgrgid(os.getegid()).gr_name
+    d = tmp_path / "curve"
+    r = edge_agent("keygen", "--dir", str(d), "--name", "gw", "--group", group)
+    assert r.returncode == 0, r.stderr
+    secret = d / "gw.key_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o640
+    assert secret.stat().st_gid == os.getegid()
+    assert stat.S_IMODE(d.stat().st_mode) == 0o750
+    assert f"mode 0640, group {group} may read it" in r.stdout
+    assert r.stderr == ""
+
+
+def test_keygen_names_an_unknown_user_or_group(tmp_path: Path) -> None:
+    d = tmp_path / "curve"
+    r = edge_agent("keygen", "--dir", str(d), "--name", "gw", "--owner", "no-such-user-x")
+    assert r.returncode == 1 and "--owner no-such-user-x: no such user" in r.stderr
+    r = edge_agent("keygen", "--dir", str(d), "--name", "gw", "--group", "no-such-group-x")
+    assert r.returncode == 1 and "--group no-such-group-x: no such group" in r.stderr
+    assert not d.exists()  # nothing made
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_keygen_warns_when_an_existing_dir_hides_the_key_from_its_group(tmp_path: Path) -> None:
+    d = tmp_path / "curve"
+    d.mkdir(mode=0o700)
+    r = edge_agent("keygen", "--dir", str(d), "--name", "gw", "--group", "nogroup")
+    assert r.returncode == 0
+    assert "warning: " in r.stderr and "cannot be searched by that owner or group" in r.stderr
+
+
+# -- the budget against the service's memory limits at `run` (issue 12 item 5) ---------
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _small_config(tmp_path: Path) -> str:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        render_toml(
+            {
+                "ingest": {"bind": [f"ipc://{tmp_path}/in"]},
+                "upstream": {"bind": [f"ipc://{tmp_path}/out"]},
+                "spill": {"dir": str(tmp_path / "spill")},
+                "http": {"bind": "127.0.0.1:0"},
+            }
+        )
+    )
+    return str(path)
+
+
+def test_run_refuses_a_budget_over_memory_max_with_exit_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+) -> None:
+    from agent import cgroup, loop
+
+    started: list[object] = []
+    monkeypatch.setattr(loop, "run_agent", lambda *a: started.append(a) or 0)
+    # MemoryMax for a smaller budget; the config keeps the default 512 MiB.
+    limits = cgroup.CgroupMemory("/sys/fs/cgroup/system.slice/edge-agent.service", None, 600 << 20)
+    monkeypatch.setattr(cgroup, "read_limits", lambda: limits)
+    assert cli.main(["run", "--config", _small_config(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "ERROR agent: cannot start: buffer.budget_bytes = 536870912" in err
+    assert "MemoryMax" in err and "systemctl edit edge-agent" in err
+    assert started == [] and not (tmp_path / "spill").exists()  # nothing opened
+
+
+def test_run_warns_over_memory_high_and_starts(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+) -> None:
+    from agent import cgroup, loop
+
+    started: list[object] = []
+    monkeypatch.setattr(loop, "run_agent", lambda *a: started.append(a) or 0)
+    limits = cgroup.CgroupMemory("/x", 600 << 20, 2048 << 20)
+    monkeypatch.setattr(cgroup, "read_limits", lambda: limits)
+    assert cli.main(["run", "--config", _small_config(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING agent: buffer.budget_bytes = 536870912" in err and "MemoryHigh" in err
+    assert len(started) == 1
+    # Outside a limited cgroup nothing is said.
+    monkeypatch.setattr(cgroup, "read_limits", lambda: None)
+    assert cli.main(["run", "--config", _small_config(tmp_path)]) == 0
+    assert "MemoryHigh" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the note is for root")
+def test_keygen_as_root_without_a_group_says_the_service_cannot_read_it(tmp_path: Path) -> None:
+    r = edge_agent("keygen", "--dir", str(tmp_path / "curve"), "--name", "gw")
+    assert r.returncode == 0
+    assert "only root can read the secret" in r.stderr and "--group edge-agent" in r.stderr

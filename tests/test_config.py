@@ -26,6 +26,8 @@ from agent.config import (
     parse_config,
     parse_config_text,
 )
+from agent.endpoints import parse_endpoint
+from agent.protected import is_local
 from agent.queues import CHUNK_BYTES
 from agent.settings import (
     BufferSettings,
@@ -57,6 +59,7 @@ ALL_KEYS = [
     "ingest.rcvhwm",
     "ingest.rcvbuf_bytes",
     "ingest.max_peers",
+    "ingest.insecure_plaintext",
     "ingest.curve.secret_key_file",
     "ingest.curve.allowed_keys_dir",
     "upstream.bind",
@@ -66,6 +69,7 @@ ALL_KEYS = [
     "upstream.linger_ms",
     "upstream.sndhwm",
     "upstream.sndbuf_bytes",
+    "upstream.insecure_plaintext",
     "upstream.curve.secret_key_file",
     "upstream.curve.allowed_keys_dir",
     "buffer.budget_bytes",
@@ -101,9 +105,11 @@ def doc_with(key: str, value: str, extra: str = "") -> str:
 def test_empty_document_gives_the_contract_defaults() -> None:
     s = parse_config({})
     assert s == Settings()
-    assert s.ingest.bind == ("tcp://0.0.0.0:5557",)
+    # Loopback: nothing written, nothing reachable from another host (protected mode).
+    assert s.ingest.bind == ("tcp://127.0.0.1:5557",)
     assert s.ingest.max_frame_bytes == 1 * MiB
-    assert s.upstream.bind == ("tcp://0.0.0.0:5558",)
+    assert s.upstream.bind == ("tcp://127.0.0.1:5558",)
+    assert not s.ingest.insecure_plaintext and not s.upstream.insecure_plaintext
     assert s.buffer.budget_bytes == 512 * MiB
     assert s.spill.dir == "/var/lib/edge-agent/spill"
     assert s.spill.max_bytes == 2 * GiB
@@ -115,7 +121,9 @@ def test_empty_document_gives_the_contract_defaults() -> None:
 
 
 def test_contract_example_parses_to_the_contract_values() -> None:
-    # The TOML block of INTERFACE.md, "Config file", verbatim.
+    # The TOML block of INTERFACE.md, "Config file", verbatim (but for the
+    # alert lane's keys). Its [*.curve] tables are what lets it bind 0.0.0.0:
+    # without them protected mode refuses it (tests/test_protected.py).
     s = parse_config_text(
         """
 [agent]
@@ -125,8 +133,16 @@ id = "gw-01"                        # default: the host name
 bind = ["tcp://0.0.0.0:5557"]       # list of endpoints; `connect = [...]` also allowed
 max_frame_bytes = 1048576           # larger frames: the peer is disconnected
 
+[ingest.curve]                      # optional: CURVE on the ingest sockets (the lane too)
+secret_key_file  = "/etc/edge-agent/curve/gw-01.key_secret"  # the agent's key (ZeroMQ certificate file)
+allowed_keys_dir = "/etc/edge-agent/curve/collectors"         # public *.key files of allowed peers
+
 [upstream]                          # the PUB socket towards the head-end
 bind = ["tcp://0.0.0.0:5558"]       # list of endpoints; `connect = [...]` also allowed
+
+[upstream.curve]                    # optional: the same for the head-end side
+secret_key_file  = "/etc/edge-agent/curve/gw-01.key_secret"
+allowed_keys_dir = "/etc/edge-agent/curve/headend"
 
 [buffer]
 budget_bytes = 536870912            # hard ceiling for in-memory event buffers (512 MiB)
@@ -137,18 +153,45 @@ max_bytes = 2147483648              # all spill files together, preallocated
 
 [http]
 bind = "127.0.0.1:8080"             # host:port of the technician endpoint
-"""
+"""  # noqa: E501
     )
-    assert s == dataclasses.replace(Settings(), agent=dataclasses.replace(s.agent, id="gw-01"))
+    d = Settings()
+    secret = "/etc/edge-agent/curve/gw-01.key_secret"
+    assert s == dataclasses.replace(
+        d,
+        agent=dataclasses.replace(s.agent, id="gw-01"),
+        ingest=dataclasses.replace(
+            d.ingest,
+            bind=("tcp://0.0.0.0:5557",),
+            curve=CurveSettings(secret, "/etc/edge-agent/curve/collectors"),
+        ),
+        upstream=dataclasses.replace(
+            d.upstream,
+            bind=("tcp://0.0.0.0:5558",),
+            curve=CurveSettings(secret, "/etc/edge-agent/curve/headend"),
+        ),
+    )
 
 
 def test_production_config_parses_with_the_contract_values() -> None:
     s = load_config(PACKAGING / "agent.toml")
-    # It writes the defaults out and changes none, but it has the alert lane
-    # (INTERFACE.md: "the packaged config has one") on the port next to 5557/5558.
-    lane = dataclasses.replace(Settings().ingest, priority_bind=("tcp://0.0.0.0:5559",))
-    assert s == dataclasses.replace(Settings(), ingest=lane)
-    assert Settings().ingest.lane is False and s.ingest.lane is True
+    # It writes the defaults out and changes none, except that it listens on
+    # every interface in plaintext, which protected mode makes it say, and it
+    # has the alert lane (INTERFACE.md: "the packaged config has one") on the
+    # port next to 5557/5558.
+    d = Settings()
+    assert s == dataclasses.replace(
+        d,
+        ingest=dataclasses.replace(
+            d.ingest,
+            bind=s.ingest.bind,
+            insecure_plaintext=True,
+            priority_bind=("tcp://0.0.0.0:5559",),
+        ),
+        upstream=dataclasses.replace(d.upstream, bind=s.upstream.bind, insecure_plaintext=True),
+    )
+    assert s.ingest.bind == ("tcp://0.0.0.0:5557",) and s.upstream.bind == ("tcp://0.0.0.0:5558",)
+    assert d.ingest.lane is False and s.ingest.lane is True
     assert s.spill.dir == "/var/lib/edge-agent/spill"
 
 
@@ -201,7 +244,7 @@ CURVE_PAIR = {
 KEY_CASES: list[tuple[str, str, str, list[str], str]] = [
     ("agent.id", "5", "integer", ['""', '" gw"', f'"{"x" * 256}"', '"a\\u0007b"'], ""),
     ("agent.log_level", "1", "integer", ['"verbose"', '"INFO"', '""'], ""),
-    ("ingest.max_frame_bytes", '"1MiB"', "string", ["63", "67108865", "-1"], ""),
+    ("ingest.max_frame_bytes", '"1MiB"', "string", ["63", "16777217", "-1"], ""),
     ("ingest.rcvhwm", "1.0", "float", ["0", "1000001"], ""),
     ("ingest.rcvbuf_bytes", '"64KiB"', "string", ["4095", "67108865"], ""),
     ("ingest.max_peers", "2.5", "float", ["0", "10001"], ""),
@@ -216,6 +259,8 @@ KEY_CASES: list[tuple[str, str, str, list[str], str]] = [
     ("spill.dir", "1", "integer", ['""', '"~/spill"', '"a\\u0000b"'], ""),
     ("spill.max_bytes", "1.5", "float", ["4259839", "0"], ""),
     ("spill.flush_interval_ms", "true", "boolean", ["9", "60001"], ""),
+    ("ingest.insecure_plaintext", '"true"', "string", [], ""),
+    ("upstream.insecure_plaintext", "1", "integer", [], ""),
     ("http.bind", "8080", "integer", ['"127.0.0.1:65536"', '"localhost"', '"*:80"', '":80"'], ""),
     *(
         (f"{sock}.{ends}", '"tcp://127.0.0.1:5557"', "string", ['["udp://h:1"]', '[""]'], "")
@@ -264,7 +309,7 @@ def test_every_key_is_covered_by_the_tables_above() -> None:
 
 def test_integer_error_message_matches_the_documented_form() -> None:
     err = error_of("[ingest]\nmax_frame_bytes = 10\n")
-    assert str(err) == "ingest.max_frame_bytes: must be an integer between 64 and 67108864, got 10"
+    assert str(err) == "ingest.max_frame_bytes: must be an integer between 64 and 16777216, got 10"
 
 
 def test_bool_is_not_an_integer() -> None:
@@ -385,7 +430,7 @@ def test_unknown_keys_are_reported_before_bad_values() -> None:
 
 def test_endpoints_are_kept_as_written() -> None:
     text = '[ingest]\nbind = ["tcp://[::1]:5557", "ipc://@edge-agent-ingest"]\n'
-    s = parse_config_text(text + '[upstream]\nbind = ["tcp://H:1"]')
+    s = parse_config_text(text + '[upstream]\nbind = ["tcp://H:1"]\ninsecure_plaintext = true')
     assert s.ingest.bind == ("tcp://[::1]:5557", "ipc://@edge-agent-ingest")
     assert s.upstream.bind == ("tcp://H:1",)
 
@@ -407,10 +452,12 @@ def test_invalid_endpoints_name_the_key_and_the_endpoint(key: str, endpoint: str
 
 
 def test_connect_alone_does_not_also_bind_the_default() -> None:
-    s = parse_config_text('[upstream]\nconnect = ["tcp://headend:5558"]\n')
+    s = parse_config_text(
+        '[upstream]\nconnect = ["tcp://headend:5558"]\ninsecure_plaintext = true\n'
+    )
     assert s.upstream.bind == ()
     assert s.upstream.connect == ("tcp://headend:5558",)
-    assert s.ingest.bind == ("tcp://0.0.0.0:5557",)
+    assert s.ingest.bind == ("tcp://127.0.0.1:5557",)
 
 
 def test_a_socket_needs_an_endpoint() -> None:
@@ -463,8 +510,11 @@ def test_binds_that_the_kernel_would_refuse_name_both_keys(
 @pytest.mark.parametrize(
     "text",
     [
-        '[ingest]\nconnect = ["tcp://h:5558"]',  # connecting to a port we bind is fine
-        '[http]\nbind = "127.0.0.1:0"\n[ingest]\nbind = ["tcp://*:8080"]',  # 0: any free port
+        # connecting to a port we bind is fine
+        '[ingest]\nconnect = ["tcp://h:5558"]\ninsecure_plaintext = true',
+        # 0: any free port
+        '[http]\nbind = "127.0.0.1:0"\n'
+        '[ingest]\nbind = ["tcp://*:8080"]\ninsecure_plaintext = true',
     ],
 )
 def test_binds_that_can_coexist_are_accepted(text: str) -> None:
@@ -642,13 +692,22 @@ def test_changed_keys_knows_every_key() -> None:
             64,
             1,
             CurveSettings("/a", "/b"),
+            insecure_plaintext=True,
             priority_bind=("tcp://*:5",),
             priority_connect=("tcp://h:6",),
             rcvbuf_bytes=4096,
             max_peers=1,
         ),
         upstream=UpstreamSettings(
-            ("tcp://*:3",), ("tcp://h:4",), 1, 1024, 0, 1, 4096, CurveSettings("/c", "/d")
+            ("tcp://*:3",),
+            ("tcp://h:4",),
+            1,
+            1024,
+            0,
+            1,
+            4096,
+            CurveSettings("/c", "/d"),
+            insecure_plaintext=True,
         ),
         buffer=BufferSettings(4 * MiB, 0, 1.0),
         spill=SpillSettings("/x", MiB, 10),
@@ -782,15 +841,29 @@ def valid_documents(draw: st.DrawFn) -> tuple[dict[str, dict[str, Any]], Setting
         doc[f"{table}.curve"] = {"secret_key_file": secret, "allowed_keys_dir": allowed}
         return CurveSettings(expect_path(secret), expect_path(allowed))
 
+    def plaintext(table: str, sock: Any) -> Any:
+        # Protected mode: an endpoint beyond loopback/ipc without CURVE needs
+        # insecure_plaintext = true; otherwise it may or may not be written.
+        exposed = sock.curve.secret_key_file is None and any(
+            not is_local(parse_endpoint(text, bind=bind), bind=bind)
+            for texts, bind in ((sock.bind, True), (sock.connect, False))
+            for text in texts
+        )
+        flag = maybe(table, "insecure_plaintext", st.booleans())
+        if exposed and not flag:
+            doc.setdefault(table, {})["insecure_plaintext"] = flag = True
+        return dataclasses.replace(sock, insecure_plaintext=bool(flag))
+
     d = expected.ingest
     ingest = IngestSettings(
         **sockets("ingest", 10000, d),
         max_frame_bytes=pick(
-            "ingest", "max_frame_bytes", st.integers(64, 64 * MiB), d.max_frame_bytes
+            "ingest", "max_frame_bytes", st.integers(64, 16 * MiB), d.max_frame_bytes
         ),
         rcvhwm=pick("ingest", "rcvhwm", st.integers(1, 1_000_000), d.rcvhwm),
         curve=curve("ingest"),
     )
+    ingest = plaintext("ingest", ingest)
     u = expected.upstream
     upstream = UpstreamSettings(
         **sockets("upstream", 12000, u),
@@ -805,6 +878,7 @@ def valid_documents(draw: st.DrawFn) -> tuple[dict[str, dict[str, Any]], Setting
         sndbuf_bytes=pick("upstream", "sndbuf_bytes", st.integers(4096, 64 * MiB), u.sndbuf_bytes),
         curve=curve("upstream"),
     )
+    upstream = plaintext("upstream", upstream)
     b = expected.buffer
     reserve = maybe("buffer", "critical_reserve_bytes", st.integers(0, 32 * GiB - 1))
     # Both rules: the reserve under half the budget, and working room left
@@ -1029,7 +1103,7 @@ def test_4_mib_needs_a_smaller_frame_and_says_so() -> None:
 
 @given(
     st.one_of(st.none(), st.integers(0, 64 * MiB)),
-    st.integers(64, 64 * MiB),
+    st.integers(64, 16 * MiB),  # the max_frame_bytes ceiling
 )
 def test_the_smallest_budget_named_is_exactly_the_boundary(reserve: int | None, frame: int) -> None:
     from agent.config import smallest_budget
@@ -1049,7 +1123,7 @@ def test_the_smallest_budget_named_is_exactly_the_boundary(reserve: int | None, 
 @given(
     st.integers(4 * MiB, 256 * MiB),
     st.one_of(st.none(), st.integers(0, 64 * MiB)),
-    st.integers(64, 64 * MiB),
+    st.integers(64, 16 * MiB),  # the max_frame_bytes ceiling
 )
 def test_every_accepted_buffer_config_builds_the_loops_governor_with_room(
     budget: int, reserve: int | None, frame: int
@@ -1098,7 +1172,7 @@ def test_no_lane_by_default_and_a_lane_shares_the_ingest_settings() -> None:
     s = parse_config_text(
         '[ingest]\npriority_bind = ["tcp://0.0.0.0:5559"]\n'
         'priority_connect = ["tcp://collector-7:6000"]\nrcvhwm = 50\nrcvbuf_bytes = 8192\n'
-        "max_peers = 8\n"
+        "max_peers = 8\ninsecure_plaintext = true\n"
     )
     assert s.ingest.lane is True
     assert s.ingest.priority_bind == ("tcp://0.0.0.0:5559",)
@@ -1168,13 +1242,27 @@ def test_a_bad_lane_endpoint_names_the_key(lines: str, key: str, problem: str) -
 
 
 def test_a_lane_alone_does_not_replace_the_default_bulk_bind() -> None:
-    s = parse_config_text('[ingest]\npriority_bind = ["tcp://0.0.0.0:5559"]\n')
-    assert s.ingest.bind == ("tcp://0.0.0.0:5557",)
+    s = parse_config_text('[ingest]\npriority_bind = ["tcp://127.0.0.1:5559"]\n')
+    assert s.ingest.bind == IngestSettings().bind
+
+
+@pytest.mark.parametrize("key", ["priority_bind", "priority_connect"])
+def test_protected_mode_covers_the_lane(key: str) -> None:
+    # The lane is an [ingest] socket: a plaintext lane beyond this host needs
+    # [ingest.curve] or ingest.insecure_plaintext, like ingest.bind.
+    endpoint = "tcp://0.0.0.0:5559" if key == "priority_bind" else "tcp://10.0.0.7:5559"
+    err = error_of(f'[ingest]\n{key} = ["{endpoint}"]\n')
+    assert err.key == f"ingest.{key}"
+    assert "protected mode" in err.problem and endpoint in err.problem
+    ok = parse_config_text(f'[ingest]\n{key} = ["{endpoint}"]\ninsecure_plaintext = true\n')
+    assert ok.ingest.lane
+    loopback = parse_config_text(f'[ingest]\n{key} = ["tcp://127.0.0.1:5559"]\n')
+    assert loopback.ingest.lane
 
 
 def test_lane_keys_need_a_restart() -> None:
     old = parse_config({})
-    new = parse_config_text('[ingest]\npriority_bind = ["tcp://0.0.0.0:5559"]\nmax_peers = 3\n')
+    new = parse_config_text('[ingest]\npriority_bind = ["ipc:///run/lane"]\nmax_peers = 3\n')
     changed = changed_keys(old, new)
     assert changed == ["ingest.priority_bind", "ingest.max_peers"]
     assert not set(changed) & RELOADABLE

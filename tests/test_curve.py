@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +47,16 @@ from curvekeys import KeyPairs
 
 OFF = CurveSettings()
 QUIET_S = 1.0  # "nothing arrives within 1 s": the assertion, not a settling wait
+
+
+@pytest.fixture(autouse=True)
+def _umask_022() -> Iterator[None]:
+    """Key files and allowed dirs made here must not be group-writable, or the
+    agent refuses them (agent/keys.py); a user umask of 002 (Ubuntu's default
+    for user private groups) would make them so."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
 
 
 # -- keys ----------------------------------------------------------------------
@@ -614,6 +625,41 @@ def test_reload_with_a_bad_file_keeps_the_running_keys(
     with pytest.raises(CurveError, match="broken.key"):
         guard.reload_allowed()
     assert guard.statistics().ingest.allowed_keys == 1
+
+
+def test_reload_refuses_a_dir_others_can_write_and_keeps_the_running_keys(
+    keys: KeyPairs, server_ctx: zmq.Context
+) -> None:
+    settings = keys.server("allowed", "alice")
+    guard = CurveGuard(server_ctx, settings, OFF)
+    assert settings.allowed_keys_dir is not None
+    keys.allowed("allowed", "mallory")
+    os.chmod(settings.allowed_keys_dir, 0o777)  # whoever wrote mallory.key could be anyone
+    with pytest.raises(CurveError, match="writable by group or others"):
+        guard.reload_allowed()
+    assert guard.statistics().ingest.allowed_keys == 1
+
+
+def test_reload_skips_a_fifo_without_waiting_on_it(
+    keys: KeyPairs, server_ctx: zmq.Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = keys.server("allowed", "alice")
+    guard = CurveGuard(server_ctx, settings, OFF)
+    assert settings.allowed_keys_dir is not None
+    os.mkfifo(os.path.join(settings.allowed_keys_dir, "evil.key"))
+    keys.allowed("allowed", "bob")
+    fifo = os.path.join(settings.allowed_keys_dir, "evil.key")
+    with caplog.at_level(logging.WARNING, logger="agent.keys"):
+        # Opening the FIFO would block for good: in a thread, to fail, not hang.
+        t = threading.Thread(target=guard.reload_allowed)
+        t.start()
+        t.join(timeout=10)
+    if t.is_alive():
+        with open(fifo, "wb"):  # let the reader go
+            pass
+        pytest.fail("reload_allowed waited on a FIFO")
+    assert guard.statistics().ingest.allowed_keys == 2
+    assert "evil.key: not a regular file (a FIFO)" in caplog.text
 
 
 # -- bad key files stop the guard before anything is bound -------------------------

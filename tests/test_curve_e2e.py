@@ -10,11 +10,13 @@ CURVE clients without any change to the harness.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import cbor2
@@ -28,6 +30,16 @@ from harness import AgentProcess, Subscriber, event, wait_for
 pytestmark = pytest.mark.e2e
 
 QUIET_MS = 1000  # "nothing arrives within 1 s": the assertion, not a settling wait
+
+
+@pytest.fixture(autouse=True)
+def _umask_022() -> Iterator[None]:
+    """Key files and allowed dirs made here must not be group-writable, or the
+    agent refuses them (agent/keys.py); a user umask of 002 (Ubuntu's default
+    for user private groups) would make them so."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
 
 
 class Identities(KeyPairs):
@@ -206,3 +218,41 @@ def test_keygen_writes_a_key_pair_and_never_overwrites(workdir: str) -> None:
     assert "already exists" in again.stderr
     with open(secret) as f:
         assert f.read() == before
+
+
+def test_a_fifo_in_the_allowed_dir_never_stalls_a_reload(
+    make_agent: Callable[..., AgentProcess], ids: Identities
+) -> None:
+    """Issue 13 item 7: a FIFO named evil.key in the allowed directory stalled
+    the loop on SIGHUP (/healthz said stalled). Now it is never opened: the
+    reload skips it with a log line and applies the rest."""
+    agent = make_agent(**{"ingest.curve": ids.curve("ingest-allowed", "collector")}).start()
+    allowed = ids.allowed("ingest-allowed")
+    os.mkfifo(os.path.join(allowed, "evil.key"))
+    ids.allowed("ingest-allowed", "newcomer")
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_for(
+        logged(agent, "skipped", "evil.key", "not a regular file (a FIFO)"),
+        what="the FIFO skipped with a log line",
+    )
+    wait_for(logged(agent, "ingest", "allowed peer keys reloaded: 2 (1 added"), what="the reload")
+    with urllib.request.urlopen(agent.url + "/healthz", timeout=5) as r:
+        health = json.load(r)
+    assert health["status"] == "ok" and health["loop_age_s"] < 1, health
+    # The keys beside the FIFO were loaded: the newcomer gets through.
+    sub = Subscriber(ids.context(None), agent.upstream)
+    agent.wait_state(lambda d: d["upstream"]["subscribers"] >= 1, what="the subscription")
+    push(ids.context("newcomer"), agent).send(event(7, "reading"))
+    sub.collect(1)
+    assert agent.stop() == 0
+
+
+def test_an_exposed_secret_key_stops_the_start(
+    make_agent: Callable[..., AgentProcess], ids: Identities
+) -> None:
+    os.chmod(ids.secret_file(AGENT), 0o644)
+    agent = make_agent(**{"ingest.curve": ids.curve("ingest-allowed", "collector")})
+    r = agent.run_to_exit()
+    assert r.returncode == 1, r.stderr
+    assert "ingest.curve.secret_key_file" in r.stderr
+    assert "the secret key is readable by every user of this box (mode 0644)" in r.stderr

@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -17,6 +18,7 @@ import pytest
 from agent import http, routes
 from agent import status as status_client
 from agent.classes import CLASS_NAMES
+from agent.history import History
 from agent.http import HttpServer, _LoggerStream, make_app
 from agent.stats import BufferStats, ClassStats, IngestStats, SpillStats
 
@@ -117,7 +119,12 @@ def test_backpressure_serves_the_current_snapshot(server: HttpServer, box: FakeL
     status, doc = get_json(server, "/api/v1/gateway/backpressure")
     assert status == 200
     check_contract(doc)
+    # The snapshot's document, plus what only the history gives (no history
+    # here: no rates yet; alarms from this one snapshot).
+    rates, alarms = doc.pop("rates"), doc.pop("alarms")
     assert doc == json.loads(json.dumps(box.snap.to_json()))
+    assert rates is None
+    assert [a["name"] for a in alarms] == ["NOT CONNECTED", "DROPPED"]
     assert doc["buffer"]["utilization"] == 0.125
     assert doc["priorities"]["low"] == {**doc["priorities"]["low"], "received": 31, "dropped": 1}
     assert doc["rejected"] == {"total": 3, "by_reason": {"not_cbor": 2, "no_ts": 1}}
@@ -237,9 +244,11 @@ def test_stop_frees_the_port_and_ends_the_thread(box: FakeLoop) -> None:
     host, port = srv.address
     assert port != 0
     assert get_json(srv, "/healthz")[0] == 200
-    (thread,) = set(threading.enumerate()) - before
+    # The server's loop and its worker threads.
+    threads = set(threading.enumerate()) - before
+    assert len(threads) == 1 + http.THREADS
     srv.stop()
-    assert not thread.is_alive()
+    assert not any(t.is_alive() for t in threads)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, port), timeout=5).close()
     # The same port can be served again at once (a restart of the agent).
@@ -367,3 +376,211 @@ def test_page_and_metrics_requests_are_not_printed_to_stderr(
     request(server, "/")
     request(server, "/metrics")
     assert capfd.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- hardening (issues 12 and 13)
+
+
+def raw_request(srv: HttpServer, head: bytes, timeout: float = 5.0) -> bytes:
+    """Send `head` as is and read the whole answer (the server closes: Connection: close)."""
+    with socket.create_connection(srv.address, timeout=timeout) as sock:
+        sock.sendall(head)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def answer(srv: HttpServer, path: str, host: str | None) -> tuple[int, dict[str, str], bytes]:
+    head = f"GET {path} HTTP/1.1\r\nConnection: close\r\n"
+    if host is not None:
+        head += f"Host: {host}\r\n"
+    raw = raw_request(srv, (head + "\r\n").encode("latin-1"))
+    status_line, _, rest = raw.partition(b"\r\n")
+    header_text, _, body = rest.partition(b"\r\n\r\n")
+    headers = dict(
+        line.split(": ", 1) for line in header_text.decode("latin-1").split("\r\n") if line
+    )
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/gateway/backpressure",
+        "/api/v1/gateway/history",
+        "/healthz",
+        "/metrics",
+        "/",
+        "/nope",
+    ],
+)
+def test_no_answer_names_the_server_software(server: HttpServer, path: str) -> None:
+    status, headers, _ = request(server, path)
+    assert status in (200, 404)
+    assert "Server" not in headers, headers.get("Server")
+    assert "Via" not in headers
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_json_errors_carry_nosniff(server: HttpServer) -> None:
+    for path, method in (("/nope", "GET"), ("/healthz", "POST")):
+        status, headers, _ = request(server, path, method)
+        assert status in (404, 405)
+        assert headers["Content-Type"].startswith("application/json")
+        assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_dozen_stuck_clients_never_delay_a_healthy_request(server: HttpServer) -> None:
+    """Issue 12 item 6: wsgiref served one request at a time with no timeout,
+    so one half-sent request took the page, `status` and /metrics down."""
+    stuck: list[socket.socket] = []
+    try:
+        for i in range(12):
+            sock = socket.create_connection(server.address, timeout=5)
+            if i % 3 == 0:
+                pass  # connected, says nothing (a port scanner)
+            elif i % 3 == 1:
+                # Half a request: the header block never ends (a stalled browser).
+                sock.sendall(b"GET /api/v1/gateway/backpressure HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            else:
+                # A whole request whose answer is never read.
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            stuck.append(sock)
+        for path in ("/healthz", "/api/v1/gateway/backpressure", "/metrics", "/") * 3:
+            started = time.monotonic()
+            status, _, _ = request(server, path)
+            elapsed = time.monotonic() - started
+            assert status == 200, path
+            assert elapsed < 1.0, (path, elapsed)
+    finally:
+        for sock in stuck:
+            sock.close()
+
+
+def test_an_idle_connection_is_closed_after_the_channel_timeout(box: FakeLoop) -> None:
+    options = {"clock": box.clock, "channel_timeout_s": 1, "cleanup_interval_s": 1}
+    with (
+        serving(box.snapshot, **options) as srv,
+        socket.create_connection(srv.address, timeout=10) as sock,
+    ):
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server, not by our timeout
+        assert time.monotonic() - started < 8.0
+
+
+def test_a_request_body_is_refused_not_buffered(server: HttpServer) -> None:
+    body = b"x" * (http.MAX_BODY_BYTES + 1)
+    head = (
+        b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    raw = raw_request(server, head + body)
+    assert raw.startswith(b"HTTP/1.1 413 ")
+    assert b"\r\nServer:" not in raw.partition(b"\r\n\r\n")[0]
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        None,  # HTTP/1.0 tools; browsers always send one
+        "127.0.0.1",
+        "127.0.0.1:8080",
+        "10.1.2.3:8080",  # the box's LAN address, typed by the technician
+        "[::1]:8080",
+        "localhost:8080",
+        "LOCALHOST.",
+        "gw.localhost",
+        "gw-01",  # this machine's name (HostPolicy is given it below)
+        "gw-01.local:8080",
+        "edge.example.net",  # named in allowed_hosts
+    ],
+)
+def test_host_names_the_agent_answers_for(host: str | None) -> None:
+    policy = http.HostPolicy(["Edge.Example.Net"], hostname="gw-01.substation.example")
+    assert policy.allows(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example.com",  # DNS rebinding: a page's own name, resolved to this box
+        "evil.example.com:8080",
+        "127.0.0.1.nip.io",
+        "localhost.evil.example.com",
+        "",
+        "[::1",
+    ],
+)
+def test_other_hosts_are_refused(host: str) -> None:
+    policy = http.HostPolicy(["edge.example.net"], hostname="gw-01")
+    assert not policy.allows(host)
+
+
+def test_a_wrong_host_gets_a_json_421(server: HttpServer) -> None:
+    status, headers, body = answer(server, "/api/v1/gateway/backpressure", "evil.example.com")
+    assert status == 421
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    doc = json.loads(body)
+    assert doc["error"] == "misdirected request" and doc["host"] == "evil.example.com"
+    assert "localhost" in doc["detail"]
+    # The same request by address is answered.
+    assert answer(server, "/api/v1/gateway/backpressure", "127.0.0.1")[0] == 200
+    assert answer(server, "/", f"localhost:{server.address[1]}")[0] == 200
+
+
+def test_allowed_hosts_are_accepted(box: FakeLoop) -> None:
+    with serving(box.snapshot, clock=box.clock, allowed_hosts=["gw.example.net"]) as srv:
+        assert answer(srv, "/healthz", "gw.example.net:80")[0] == 200
+        assert answer(srv, "/healthz", "other.example.net")[0] == 421
+
+
+def test_the_access_log_escapes_the_request_line(
+    server: HttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = "/x%0A2026-01-01%20CRITICAL%20agent.loop:%20stopped%0D%1B[31m"
+    with caplog.at_level(logging.DEBUG, logger="agent.http"):
+        assert request(server, forged)[0] == 404
+        assert answer(server, "/y%0Aforged", "evil.example.com")[0] == 421
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent.http"]
+    assert any("GET /x\\n2026-01-01 CRITICAL" in line and "-> 404" in line for line in lines)
+    assert any("refused Host evil.example.com" in line and "/y\\nforged" in line for line in lines)
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and "\x1b" not in line
+
+
+def test_printable_escapes_and_cuts() -> None:
+    assert http.printable("a\nb\\c\x1b\u00e9") == "a\\nb\\\\c\\x1b\\xe9"
+    assert http.printable("x" * 300, 10) == "x" * 10 + "..."
+
+
+# ---------------------------------------------------------------- history and rates
+
+
+def test_history_serves_columns_and_since(box: FakeLoop) -> None:
+    ring = History(capacity=10)
+    for n in range(4):
+        snap = dataclasses.replace(
+            box.snap,
+            taken_at=1.7e9 + n,
+            classes=tuple(ClassStats(received=100 * n * (i + 1)) for i in range(4)),
+        )
+        ring.record(snap, 1000.0 + n)
+    with serving(box.snapshot, clock=box.clock, history=ring) as srv:
+        status, doc = get_json(srv, "/api/v1/gateway/history")
+        assert status == 200
+        assert doc["interval_s"] == 1.0 and doc["capacity"] == 10
+        assert doc["series"]["t"] == [1.7e9 + 1, 1.7e9 + 2, 1.7e9 + 3]
+        assert doc["series"]["in"]["normal"] == [300.0, 300.0, 300.0]
+        status, doc = get_json(srv, f"/api/v1/gateway/history?since={1.7e9 + 2}")
+        assert doc["series"]["t"] == [1.7e9 + 3]
+        status, doc = get_json(srv, "/api/v1/gateway/history?since=nan")
+        assert status == 400 and "since" in doc["detail"]
+        status, doc = get_json(srv, "/api/v1/gateway/history?since=soon")
+        assert status == 400 and "since" in doc["detail"]
+        # The backpressure document carries the rates of the same ring.
+        status, doc = get_json(srv, "/api/v1/gateway/backpressure")
+        assert doc["rates"]["classes"]["normal"]["in"] == 300.0
+        assert doc["rates"]["events_in"] == 100.0 + 200.0 + 300.0 + 400.0

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import metrics
+from agent import alarms, metrics
+from agent.alarms import CATALOGUE
 from agent.classes import CLASS_NAMES
 from agent.stats import (
     BufferStats,
@@ -328,6 +329,10 @@ def test_get_metrics_over_http_agrees_with_the_json_endpoint(
         == (doc["priorities"]["normal"]["queued"])
     )
     assert value(series, "edge_agent_upstream_subscribers") == doc["upstream"]["subscribers"]
+    # The same alarms as the document, by the same names.
+    for name in CATALOGUE:
+        active = name in {a["name"] for a in doc["alarms"]}
+        assert value(series, "edge_agent_alarm", alarm=name) == int(active), name
 
     # The next scrape sees the next snapshot: nothing is cached.
     loop.snap = dataclasses.replace(loop.snap, upstream=UpstreamStats(subscribers=0))
@@ -339,3 +344,56 @@ def test_metrics_is_read_only(served: tuple[str, FakeLoop]) -> None:
     base, _ = served
     status, _, _ = fetch(base + "/metrics", "POST")
     assert status == 405
+
+
+# ---------------------------------------------------------------- alarms and reported fields
+
+
+def test_every_known_alarm_is_a_series_at_zero_or_one() -> None:
+    snap = busy_snapshot()
+    found = alarms.evaluate(snap.to_json())
+    assert [a.name for a in found] == ["DROPPED"]
+    series = samples(metrics.render(snap, alarms=found))
+    for name in CATALOGUE:
+        assert value(series, "edge_agent_alarm", alarm=name) == int(name == "DROPPED")
+    # Not evaluated (no HTTP side): no alarm family at all, rather than all zero.
+    assert "edge_agent_alarm" not in parse(metrics.render(snap))
+
+
+def test_fields_an_agent_may_report_appear_exactly_when_reported() -> None:
+    snap = busy_snapshot()
+    plain = parse(metrics.render(snap))
+    # The lane and the ingest path are in every Snapshot (wt-lane); the rest
+    # only when another component reports it.
+    assert "edge_agent_lane_events" in plain and "edge_agent_ingest_path" in plain
+    for name in (
+        "edge_agent_upstream_peers",
+        "edge_agent_upstream_stalled",
+        "edge_agent_upstream_stuck_dropped_messages",
+        "edge_agent_spill_write_through",
+    ):
+        assert name not in plain, name
+    doc = snap.to_json()
+    doc["agent"]["ingest_path"] = "compiled"
+    doc["ingest"]["lane"] = {"configured": True, "frames": 12, "events": 40, "noncritical": 3}
+    doc["upstream"].update(
+        peers=3, stalled=True, stuck_dropped_messages=41, stuck_dropped_events=4100
+    )
+    doc["spill"]["write_through"] = {"critical": True, "high": {"enabled": True}, "normal": False}
+    series = samples(metrics.render(snap, document=doc))
+    assert value(series, "edge_agent_lane_configured") == 1
+    assert value(series, "edge_agent_lane_frames_total") == 12
+    assert value(series, "edge_agent_lane_events_total") == 40
+    assert value(series, "edge_agent_lane_noncritical_events_total") == 3
+    assert value(series, "edge_agent_ingest_path", state="compiled") == 1
+    assert value(series, "edge_agent_ingest_path", state="python") == 0
+    assert value(series, "edge_agent_upstream_peers") == 3
+    assert value(series, "edge_agent_upstream_stalled") == 1
+    assert value(series, "edge_agent_upstream_stuck_dropped_messages_total") == 41
+    assert value(series, "edge_agent_upstream_stuck_dropped_events_total") == 4100
+    assert value(series, "edge_agent_spill_write_through", **{"class": "critical"}) == 1
+    assert value(series, "edge_agent_spill_write_through", **{"class": "high"}) == 1
+    assert value(series, "edge_agent_spill_write_through", **{"class": "normal"}) == 0
+    doc["spill"]["write_through"] = ["critical"]
+    series = samples(metrics.render(snap, document=doc))
+    assert value(series, "edge_agent_spill_write_through", **{"class": "low"}) == 0

@@ -280,6 +280,24 @@ def test_postinst_builds_the_venv_offline(amd64: Package) -> None:
     assert text.index("umask 022") < text.index("-m venv")
 
 
+def test_postinst_makes_a_key_dir_the_service_can_read_and_checks_the_config(
+    amd64: Package,
+) -> None:
+    """Issue 12 item 2: keys made by root as the README says must be readable
+    by the service's user; issue 13: a kept config that protected mode refuses
+    is reported at upgrade, not discovered at the next outage."""
+    text = (amd64.control_dir / "postinst").read_text()
+    body = text[text.index("create_key_dirs() {") :]
+    body = body[: body.index("\n}\n")]
+    assert 'if [ ! -d "$KEY_DIR" ]; then' in body  # an existing layout is left alone
+    assert 'install -d -o root -g "$NAME" -m 0750 "$KEY_DIR"' in body
+    assert "KEY_DIR=/etc/edge-agent/curve" in text
+    configure = text[text.index("    configure)") :]
+    assert configure.index("create_user") < configure.index("create_key_dirs")
+    check = text.index('/usr/bin/edge-agent check-config --config "$CONFFILE"')
+    assert text.index("build_venv\n") < check < text.index("deb-systemd-invoke")
+
+
 # -- the systemd unit ---------------------------------------------------------------------
 
 

@@ -12,8 +12,8 @@ The page polls a real `HttpServer` on port 0 serving a snapshot the test
 controls; each test waits for what the page shows with a deadline, never for
 a fixed time. One browser per xdist worker, one isolated context per test.
 
-`python tests/test_page.py docs/status-page.png` regenerates the screenshot
-kept in the docs from the same busy snapshot.
+`python tests/test_page.py docs/` regenerates the screenshots kept in the
+docs (desktop and phone) from the same busy snapshot and its brownout history.
 """
 
 from __future__ import annotations
@@ -40,11 +40,20 @@ import pytest
 
 from agent import page
 from agent.classes import CLASS_NAMES
+from agent.history import History, sample_from_document
 from agent.http import HttpServer
 from agent.routes import BACKPRESSURE_PATH
 from agent.stats import LatencyHistogram, Snapshot
 
-from samples import RATES, base_url, busy_snapshot, failing_snapshot, fetch, serving
+from samples import (
+    LATENCY_PER_S,
+    RATES,
+    base_url,
+    busy_snapshot,
+    failing_snapshot,
+    fetch,
+    serving,
+)
 
 CHROMIUM = os.environ.get("EDGE_AGENT_CHROMIUM", "/usr/bin/chromium")
 HAVE_CHROMIUM = os.access(CHROMIUM, os.X_OK)
@@ -78,15 +87,40 @@ DEADLINE_S = 15.0
 # ---------------------------------------------------------------- a busy agent
 
 
-class Agent:
-    """The loop's side of the HTTP server: every request sees the agent one second later."""
+@dataclasses.dataclass(frozen=True)
+class Reporting(Snapshot):
+    """A snapshot whose document also carries fields other components add
+    (the alert lane, stuck subscribers, write-through), merged in as given."""
 
-    def __init__(self, *, subscribers: int = 2, latency: bool = True, agent_id: str = "") -> None:
+    extra: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = super().to_json()
+        for section, fields in self.extra.items():
+            doc.setdefault(section, {}).update(fields)
+        return doc
+
+
+class Agent:
+    """The loop's side of the HTTP server: every request sees the agent one
+    second later, and the history records each snapshot as the loop would."""
+
+    def __init__(
+        self,
+        *,
+        subscribers: int = 2,
+        latency: bool = True,
+        agent_id: str = "",
+        story: bool = False,
+        extra: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.subscribers = subscribers
         self.latency = latency
         self.agent_id = agent_id
+        self.extra = extra or {}
         self.failing = False
         self.calls = 0
+        self.history = brownout_history() if story else History()
 
     def snapshot(self) -> Snapshot:
         if self.failing:
@@ -97,6 +131,9 @@ class Agent:
             snap = dataclasses.replace(snap, critical_latency=LatencyHistogram())
         if self.agent_id:
             snap = dataclasses.replace(snap, agent_id=self.agent_id)
+        if self.extra:
+            snap = Reporting(**vars(snap), extra=self.extra)
+        self.history.record(snap, snap.loop_monotonic)
         return snap
 
     def clock(self) -> float:
@@ -110,8 +147,88 @@ def agent() -> Agent:
 
 @pytest.fixture
 def served(agent: Agent) -> Iterator[tuple[str, HttpServer]]:
-    with serving(agent.snapshot, clock=agent.clock) as srv:
+    with serving(agent.snapshot, clock=agent.clock, history=agent.history) as srv:
         yield base_url(srv, "/"), srv
+
+
+def brownout_history() -> History:
+    """The ten minutes before the busy agent's first look: a brownout's burst
+    (8 to 5 minutes ago) fills memory and the disk and slows alerts past
+    100 ms at its peak, then the backlog drains. Counters end exactly at
+    busy_snapshot(0)'s, so the rates across the seam are the busy ones."""
+    end = busy_snapshot(0).to_json()
+    mib = 1 << 20
+
+    def burst(k: int) -> float:
+        """0 outside the burst, up to 1 at its height, k seconds before the end."""
+        if not 300 <= k < 480:
+            return 0.0
+        return min(1.0, (480 - k) / 20, (k - 300) / 20)
+
+    def rates(k: int) -> dict[str, tuple[float, float]]:
+        """class -> (in, out) events/s in the second that ends k-1 s before the end."""
+        b = burst(k)
+        if b:
+            inn = {c: RATES[c] * (1 + 5 * b) for c in CLASS_NAMES}
+            return {c: (inn[c], inn[c] if c in ("critical", "high") else 0.4 * inn[c]) for c in inn}
+        drain = 1.6 if k < 300 else 1.0  # after the burst the backlog drains
+        return {
+            c: (RATES[c], RATES[c] * (drain if c in ("normal", "low") else 1.0))
+            for c in CLASS_NAMES
+        }
+
+    def latency(k: int) -> list[int]:
+        """Critical events per latency bucket (not cumulative) in that second."""
+        if 380 <= k <= 392:
+            return [0, 0, 4, 8, 10, 8, 4, 2, 2, 2, 0]  # 6 of 40 past 100 ms
+        if burst(k):
+            return [0, 2, 6, 10, 12, 8, 2, 0, 0, 0, 0]
+        return list(LATENCY_PER_S)
+
+    def gauges(k: int) -> tuple[int, int, int]:
+        """used bytes, capacity bytes, events on disk."""
+        if k >= 470:
+            return 40 * mib, 128 * mib, 0
+        if k > 300:
+            fill = min(1.0, (470 - k) / 40)
+            disk = 0 if k > 440 else int(1_450_000 * min(1.0, (440 - k) / 120))
+            return int((40 + 340 * fill) * mib), int((128 + 256 * fill) * mib), disk
+        return 301 * mib, 384 * mib, int(278_345 + 1_171_655 * k / 300)
+
+    received = {c: float(end["priorities"][c]["received"]) for c in CLASS_NAMES}
+    delivered = {c: float(end["priorities"][c]["delivered"]) for c in CLASS_NAMES}
+    frames, rejected = end["ingest"]["frames"], end["rejected"]["total"]
+    bounds = [le for le, _ in end["latency"]["critical"]["buckets"]]
+    cumulative = [float(n) for _, n in end["latency"]["critical"]["buckets"]]
+    samples = []
+    for k in range(1, 601):
+        # The counters k seconds before the end: those of k-1, less that second.
+        for c, (inn, out) in rates(k).items():
+            received[c] -= inn
+            delivered[c] -= out
+        frames -= 64 * (1 + 5 * burst(k))
+        rejected -= 2
+        per = latency(k)
+        cumulative = [n - sum(per[: j + 1]) for j, n in enumerate(cumulative)]
+        doc = json.loads(json.dumps(end))
+        for c in CLASS_NAMES:
+            doc["priorities"][c]["received"] = round(received[c])
+            doc["priorities"][c]["delivered"] = round(delivered[c])
+        doc["latency"]["critical"]["buckets"] = [
+            [le, round(n)] for le, n in zip(bounds, cumulative, strict=True)
+        ]
+        doc["latency"]["critical"]["count"] = round(cumulative[-1])
+        used, capacity, disk = gauges(k)
+        doc["buffer"].update(used_bytes=used, capacity_bytes=capacity)
+        doc["spill"]["pending_events"] = disk
+        doc["ingest"]["frames"] = round(frames)
+        doc["rejected"]["total"] = rejected
+        doc["agent"]["taken_at"] = end["agent"]["taken_at"] - k
+        samples.append(sample_from_document(doc, 1000.0 - k))
+    ring = History()
+    for sample in reversed(samples):
+        ring.add(sample)
+    return ring
 
 
 # ---------------------------------------------------------------- without a browser
@@ -144,7 +261,9 @@ def test_the_page_references_nothing_outside_itself() -> None:
     styles, scripts = "".join(page.PAGE.styles), "".join(page.PAGE.scripts)
     assert not re.search(r"""(?:src|href)\s*=\s*(?!["']?data:)""", html, re.I), "external asset"
     assert "@import" not in html and "url(" not in styles
-    assert not re.search(r"https?://|//[a-z]", scripts + styles, re.I)
+    # The SVG namespace is a name, never fetched (createElementNS needs it).
+    code = (scripts + styles).replace('"http://www.w3.org/2000/svg"', "SVG_NS")
+    assert not re.search(r"https?://|//[a-z]", code, re.I)
     # Agent data is only ever written as text, never parsed as markup.
     assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", scripts)
 
@@ -437,10 +556,13 @@ def test_a_busy_agent_at_1024x768(served: tuple[str, HttpServer], tab_factory: A
 
     assert tab.text("agent-id") == "gw-north-07"
     meta = tab.text("agent-meta")
-    assert "running" in meta and "up 3d 1h 06m" in meta and "epoch 1764000000123" in meta
+    assert "running" in meta and "up 3d 1h 06m" in meta
+    # The start as a time, not the raw 13-digit epoch (issue 12 item 8).
+    assert "since 24 Nov 2025" in meta and "1764000000123" not in meta
 
     assert tab.text("up-state") == "\u2714 CONNECTED"
     assert tab.text("up-detail") == "2 subscribers"
+    assert "refused sends17" in tab.text("up-kv")
 
     assert tab.text("mem-used") == "301.0 MiB"
     assert tab.text("mem-cap") == "384.0 MiB"
@@ -449,7 +571,7 @@ def test_a_busy_agent_at_1024x768(served: tuple[str, HttpServer], tab_factory: A
     assert "HIGH" in tab.text("mem-used-pct")  # 78% of capacity: said, not only coloured
     assert tab.text("mem-governor") == "\u00b7 governor: spilling"
 
-    # Rates come from successive snapshots: the agent's clock moves 1 s per poll.
+    # Rates are the agent's own (its history: one sample per second of its clock).
     for name in CLASS_NAMES:
         cells = row(tab, name)
         expected = f"{RATES[name]:,}"
@@ -467,7 +589,8 @@ def test_a_busy_agent_at_1024x768(served: tuple[str, HttpServer], tab_factory: A
     reasons = tab.text("rej-list")
     assert reasons.index("missing_field") < reasons.index("malformed") < reasons.index("bad_field")
     assert "2.0/s now" in tab.text("rej-rate")
-    assert tab.text("in-rate") == "6,440"
+    # The total is the sum of the class rates: one window, no disagreement.
+    assert tab.text("in-rate") == "6,440" == f"{sum(RATES.values()):,}"
 
     # Most critical events take <= 2.5 ms; the tail reaches the 25 ms bucket.
     assert tab.text("lat-p99") == "p99 \u2264 25 ms"
@@ -475,8 +598,10 @@ def test_a_busy_agent_at_1024x768(served: tuple[str, HttpServer], tab_factory: A
 
     alarms = tab.text("alarms")
     assert "DROPPED" in alarms and "1,200 low" in alarms
-    assert "NOT CONNECTED" not in alarms
-    assert tab.evaluate("document.title").startswith("DROPPED")
+    assert "find when in the journal" in alarms  # what to do, not only what is wrong
+    assert "NOT CONNECTED" not in alarms and "SLOW SUBSCRIBER" not in alarms
+    # An old loss is a warning; only what is going wrong now goes in the title.
+    assert tab.evaluate("document.title") == "gw-north-07"
 
     # 1024x768: nothing scrolls sideways, and what matters most is above the fold.
     assert overflow_x(tab) <= 0
@@ -489,7 +614,7 @@ def test_a_busy_agent_at_1024x768(served: tuple[str, HttpServer], tab_factory: A
 @needs_chromium
 def test_no_subscriber_is_loud_on_a_phone(tab_factory: Any) -> None:
     agent = Agent(subscribers=0, latency=False, agent_id='<img src=x onerror="alert(1)">')
-    with serving(agent.snapshot, clock=agent.clock) as srv:
+    with serving(agent.snapshot, clock=agent.clock, history=agent.history) as srv:
         tab = tab_factory(390, 844, mobile=True)
         tab.goto(base_url(srv, "/"))
         tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
@@ -498,6 +623,7 @@ def test_no_subscriber_is_loud_on_a_phone(tab_factory: Any) -> None:
         first_alarm = tab.evaluate("document.querySelector('#alarms .alarm').innerText")
         assert first_alarm.startswith("NOT CONNECTED")
         assert "58,145 in memory, 278,345 on disk" in first_alarm
+        assert "check the head-end is running" in first_alarm
         assert tab.evaluate("document.title").startswith("NOT CONNECTED")
         assert row(tab, "normal")["out"] == "0"  # nothing leaves while nobody listens
 
@@ -549,24 +675,137 @@ def test_stale_when_the_agent_stops_answering(
     assert "(connection failed)" in tab.text("stale")
 
 
+# ---------------------------------------------------------------- the last ten minutes
+
+
+CHARTS_DRAWN = (
+    "document.querySelectorAll('#chart-grid figure').length === 7"
+    " && document.querySelector('#chart-normal path.line.in').getAttribute('d').length > 100"
+)
+
+
+def path_d(tab: Tab, selector: str) -> str:
+    return tab.evaluate(f"document.querySelector({json.dumps(selector)}).getAttribute('d')")
+
+
+@needs_chromium
+def test_the_first_paint_has_rates_and_ten_minutes_of_charts(tab_factory: Any) -> None:
+    agent = Agent(story=True)
+    with serving(agent.snapshot, clock=agent.clock, history=agent.history) as srv:
+        tab = tab_factory(1024, 768)
+        tab.goto(base_url(srv, "/"))
+        tab.wait_for("document.getElementById('conn').textContent.startsWith('LIVE')", "LIVE")
+        # Issue 12 item 8: no "-" for every rate on the first paint; the agent's
+        # history has them before the page has seen two answers.
+        assert row(tab, "normal")["in"] == f"{RATES['normal']:,}"
+        assert tab.text("in-rate") == "6,440"
+        # "in the last 0 s" was the page's own history of one answer.
+        assert tab.text("lat-note") == "2,400 events in the last 60 s"
+        tab.wait_for(CHARTS_DRAWN, "the charts")
+        for name in (*CLASS_NAMES, "memory", "disk", "latency"):
+            assert tab.evaluate(f"document.querySelector('#chart-{name} svg').children.length") >= 2
+        # Ingest and delivery per class: the burst shows as in above out.
+        assert "in 5,200 \u00b7 out 5,200" in tab.text("chart-normal")
+        # Buffer use against the budget, events on disk, the latency tail past 100 ms.
+        assert "budget 512.0 MiB" in tab.text("chart-memory")
+        assert "278,345 events" in tab.text("chart-disk")
+        assert path_d(tab, "#chart-latency path.line.over")  # the seconds over the bound
+        assert path_d(tab, "#chart-latency path.bound").startswith("M0,")
+        assert "10 min ago" in tab.text("chart-note")
+        # Nothing sideways at 1024 px.
+        assert overflow_x(tab) <= 0
+        assert tab.errors() == []
+
+
+@needs_chromium
+def test_the_charts_are_readable_on_a_phone(tab_factory: Any) -> None:
+    agent = Agent(story=True)
+    with serving(agent.snapshot, clock=agent.clock, history=agent.history) as srv:
+        tab = tab_factory(390, 844, mobile=True)
+        tab.goto(base_url(srv, "/"))
+        tab.wait_for(CHARTS_DRAWN, "the charts")
+        assert overflow_x(tab) <= 0
+        # One chart a row, the full width of the card: ~10 minutes in ~340 px.
+        widths = tab.evaluate(
+            "[...document.querySelectorAll('#chart-grid svg')]"
+            ".map(e => e.getBoundingClientRect().width)"
+        )
+        assert len(widths) == 7 and min(widths) >= 300
+        lefts = tab.evaluate(
+            "new Set([...document.querySelectorAll('#chart-grid figure')]"
+            ".map(e => e.getBoundingClientRect().left)).size"
+        )
+        assert lefts == 1
+        assert tab.errors() == []
+
+
+@needs_chromium
+def test_fields_other_components_report_are_shown(tab_factory: Any) -> None:
+    extra = {
+        "agent": {"ingest_path": "compiled"},
+        "ingest": {"lane": {"configured": True, "frames": 12, "events": 40, "noncritical": 3}},
+        "upstream": {
+            "peers": 3,
+            "stalled": True,
+            "stuck_dropped_messages": 41,
+            "stuck_dropped_events": 4100,
+        },
+        "spill": {"write_through": ["critical", "high"]},
+    }
+    agent = Agent(extra=extra)
+    with serving(agent.snapshot, clock=agent.clock, history=agent.history) as srv:
+        tab = tab_factory(1024, 768)
+        tab.goto(base_url(srv, "/"))
+        tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
+        assert "compiled ingest" in tab.text("agent-meta")
+        assert tab.text("up-detail") == "2 subscribers \u00b7 3 peers"
+        up = tab.text("up-kv")
+        assert "STALLEDa subscriber stopped reading" in up
+        assert "dropped for stuck41 msgs \u00b7 4,100 events" in up
+        ingest = tab.text("in-kv")
+        assert "lane events40" in ingest and "lane, not critical3" in ingest
+        assert "write-throughcritical, high" in tab.text("spill-kv")
+        # The agent's alarm for it, named as in `edge-agent status`.
+        tab.wait_for("document.getElementById('alarms').textContent.includes('STUCK SUBSCRIBER')")
+        assert tab.evaluate("document.title").startswith("STUCK SUBSCRIBER")
+        assert tab.errors() == []
+
+
+@needs_chromium
+def test_a_just_started_agent_says_so_instead_of_zero_seconds(tab_factory: Any) -> None:
+    agent = Agent()  # no history before the page's first look
+    with serving(agent.snapshot, clock=agent.clock, history=agent.history) as srv:
+        tab = tab_factory(1024, 768)
+        tab.goto(base_url(srv, "/"))
+        tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
+        note = tab.text("lat-note")
+        assert " 0 s" not in note and "events in the last" in note
+        assert tab.errors() == []
+
+
 # ---------------------------------------------------------------- the screenshot in the docs
 
 
-def write_screenshot(path: str) -> None:
-    """Render the busy agent at 1024x900 and save the PNG (docs/status-page.png)."""
-    agent = Agent()
-    with serving(agent.snapshot, clock=agent.clock) as srv, tempfile.TemporaryDirectory() as home:
+def write_screenshot(path: str, width: int, height: int, *, mobile: bool = False) -> None:
+    """Render the busy agent after its brownout and save the PNG."""
+    agent = Agent(story=True)
+    with (
+        serving(agent.snapshot, clock=agent.clock, history=agent.history) as srv,
+        tempfile.TemporaryDirectory() as home,
+    ):
         b = Browser(CHROMIUM, os.path.join(home, "profile"), os.path.join(home, "log"))
         try:
-            tab = b.new_page(1024, 900)
+            tab = b.new_page(width, height, mobile=mobile)
             tab.goto(base_url(srv, "/"))
             tab.wait_for(LIVE_WITH_RATES, "LIVE with rates")
-            # Five polls in: rates and latency over a full rate window.
-            tab.wait_for("document.getElementById('lat-note').textContent.includes('last 5 s')")
+            tab.wait_for(CHARTS_DRAWN, "the charts")
             Path(path).write_bytes(tab.screenshot())
         finally:
             b.close()
 
 
 if __name__ == "__main__":
-    write_screenshot(sys.argv[1] if len(sys.argv) > 1 else "docs/status-page.png")
+    # python tests/test_page.py docs/  ->  docs/status-page.png and docs/status-page-phone.png
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs")
+    write_screenshot(str(out / "status-page.png"), 1024, 1050)
+    write_screenshot(str(out / "status-page-phone.png"), 390, 1900, mobile=True)

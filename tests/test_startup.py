@@ -94,7 +94,8 @@ def test_a_busy_http_port_ends_the_start(workdir: str, busy_http_port: int) -> N
 def test_an_endpoint_on_an_interface_that_does_not_exist_ends_the_start(
     workdir: str, table: str, key: str, endpoint: str
 ) -> None:
-    agent = AgentProcess(workdir, **{table: {key: [endpoint]}}, spill=SMALL_SPILL)
+    section = {key: [endpoint], "insecure_plaintext": True}  # past protected mode
+    agent = AgentProcess(workdir, **{table: section}, spill=SMALL_SPILL)
     fails_fast(agent, f"{table}.{key} {endpoint}")
 
 

@@ -141,6 +141,11 @@ def test_render_a_busy_agent() -> None:
     assert "1,234 total: not_cbor 1,000, missing_key 200, too_large 34" in text
     assert "connected (2 subscribers)" in text
     assert "NOT CONNECTED" not in text
+    # The start as a time, not the 13-digit epoch (issue 12 item 8).
+    assert "since 2023-11-14 22:13 UTC" in text and "epoch" not in text
+    # Refused sends are counted, not called a slow subscriber (issue 12 item 3).
+    assert "3 sends refused by a full pipe" in text
+    assert "slow" not in text.lower()
 
 
 def test_render_no_subscriber_is_loud() -> None:
@@ -204,7 +209,7 @@ def test_color_only_when_asked() -> None:
 @pytest.fixture
 def live() -> Iterator[tuple[str, FakeLoop]]:
     loop = FakeLoop(busy_snapshot())
-    with serving(loop.snapshot) as srv:
+    with serving(loop.snapshot, clock=loop.clock) as srv:
         yield base_url(srv), loop
 
 
@@ -219,7 +224,11 @@ def closed_url() -> Iterator[str]:
 
 def test_fetch_returns_the_document(live: tuple[str, FakeLoop]) -> None:
     url, agent = live
-    assert fetch(url) == json.loads(json.dumps(agent.snap.to_json()))
+    doc = fetch(url)
+    # The snapshot's document, and what the agent adds from its history.
+    assert [a["name"] for a in doc.pop("alarms")] == ["DROPPED"]
+    assert doc.pop("rates") is None  # no history in this test
+    assert doc == json.loads(json.dumps(agent.snap.to_json()))
     # A trailing slash and a missing scheme are what people type.
     assert fetch(url + "/") == fetch(url.removeprefix("http://"))
 
@@ -229,7 +238,8 @@ def test_main_prints_the_summary(live: tuple[str, FakeLoop]) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert main(url, as_json=False, out=out, err=err) == 0
     assert err.getvalue() == ""
-    assert out.getvalue() == render(busy_snapshot().to_json())  # a StringIO is no tty
+    assert out.getvalue() == render(fetch(url))  # a StringIO is no tty
+    assert "DROPPED: 1,204 low" in out.getvalue()
 
 
 def test_main_json_is_the_raw_document_pretty_and_sorted(live: tuple[str, FakeLoop]) -> None:
@@ -237,7 +247,9 @@ def test_main_json_is_the_raw_document_pretty_and_sorted(live: tuple[str, FakeLo
     out, err = io.StringIO(), io.StringIO()
     assert main(url, as_json=True, out=out, err=err) == 0
     text = out.getvalue()
-    assert json.loads(text) == json.loads(json.dumps(agent.snap.to_json()))
+    doc = json.loads(text)
+    assert {doc.pop("rates") is None, bool(doc.pop("alarms"))} == {True}
+    assert doc == json.loads(json.dumps(agent.snap.to_json()))
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
 
 
@@ -298,3 +310,79 @@ def test_fetch_reports_a_body_that_is_not_json(not_an_agent: str) -> None:
 
 def test_default_url_is_the_default_bind() -> None:
     assert DEFAULT_URL == "http://127.0.0.1:8080"
+
+
+# ---------------------------------------------------------------- alarms, rates, newer fields
+
+
+def test_the_agents_alarms_are_printed_worst_first_with_what_to_do() -> None:
+    doc = busy_snapshot().to_json()
+    doc["alarms"] = [
+        {
+            "name": "STUCK SUBSCRIBER",
+            "level": "bad",
+            "detail": "40 messages dropped",
+            "action": "restart it",
+        },
+        {
+            "name": "SLOW SUBSCRIBER",
+            "level": "warn",
+            "detail": "backlog 5,500",
+            "action": "check it",
+        },
+    ]
+    text = render(doc)
+    lines = text.splitlines()
+    first = lines.index("!!        STUCK SUBSCRIBER: 40 messages dropped")
+    assert lines[first + 1] == "          -> restart it"
+    assert lines[first + 2] == "!!        SLOW SUBSCRIBER: backlog 5,500"
+    assert "DROPPED" not in text  # the agent's list is the list
+    colored = render(doc, color=True)
+    assert "\x1b[1;31m!!        STUCK SUBSCRIBER" in colored
+    assert "\x1b[33m!!        SLOW SUBSCRIBER" in colored
+
+
+def test_alarms_from_an_agent_that_does_not_send_them() -> None:
+    doc = busy_snapshot().to_json()
+    doc["ingest"]["paused"] = True
+    text = render(doc)
+    assert "INGEST PAUSED: memory and spill files full" in text
+    assert "DROPPED: 1,204 low evicted since start" in text
+    assert text.index("INGEST PAUSED") < text.index("DROPPED")
+
+
+def test_rates_are_shown_when_the_agent_sends_them() -> None:
+    doc = busy_snapshot().to_json()
+    doc["rates"] = {
+        "window_s": 5.0,
+        "events_in": 6440.0,
+        "events_out": 6400.0,
+        "rejected": 2.0,
+        "classes": {"critical": {"in": 40.0, "out": 40.0}},
+    }
+    text = " ".join(render(doc).split())  # wrapped at 72 columns
+    assert "rates in 6,440/s, out 6,400/s; critical in 40/s; rejected 2.0/s (last 5 s)" in text
+    assert "rates " not in render(busy_snapshot().to_json())
+
+
+def test_the_lane_the_ingest_path_stuck_subscribers_and_write_through() -> None:
+    doc = busy_snapshot().to_json()
+    doc["agent"]["ingest_path"] = "compiled"
+    doc["ingest"]["lane"] = {"configured": True, "frames": 12, "events": 40, "noncritical": 3}
+    doc["upstream"].update(
+        peers=3, stalled=True, stuck_dropped_messages=41, stuck_dropped_events=4100
+    )
+    doc["spill"]["write_through"] = ["critical", "high"]
+    text = render(doc)
+    assert_plain(text)
+    assert "compiled ingest" in text
+    assert "lane      40 events in 12 frames; 3 not critical" in text
+    assert "connected (2 subscribers, 3 peers)" in text
+    assert "a subscriber stopped reading" in text
+    assert "41 messages dropped for stuck subscribers (4,100 events)" in text
+    assert "write-through: critical, high" in text
+    doc["ingest"]["lane"] = {"configured": False}
+    doc["spill"]["write_through"] = {"critical": {"enabled": True}, "high": False}
+    text = render(doc)
+    assert "lane      no alert lane configured" in text
+    assert "write-through: critical" in text and "write-through: critical," not in text
