@@ -167,7 +167,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
     "upstream.curve": ("secret_key_file", "allowed_keys_dir"),
     "buffer": ("budget_bytes", "critical_reserve_bytes", "shrink_after_s"),
     "spill": ("dir", "max_bytes", "flush_interval_ms"),
-    "http": ("bind",),
+    "http": ("bind", "allowed_hosts"),
     "classes": CLASS_NAMES,
 }
 
@@ -832,14 +832,25 @@ def _parse_spill(t: _Table, base: str | None) -> SpillSettings:
 
 def _parse_http(t: _Table) -> HttpSettings:
     d = HttpSettings()
+    allowed = d.allowed_hosts
+    if t.has("allowed_hosts"):
+        allowed = t.string_list("allowed_hosts")
+        for i, name in enumerate(allowed):
+            # A Host header is a name or an address, without scheme, port or path.
+            if not all(c.isalnum() or c in "-." for c in name):
+                t.fail(
+                    "allowed_hosts",
+                    f"item {i} {_show(name)} is not a host name (letters, digits, '-' and '.' "
+                    "only; no scheme, port or path)",
+                )
     if not t.has("bind"):
-        return d
+        return dataclasses.replace(d, allowed_hosts=allowed)
     text = t.string("bind", "")
     try:
         host, port = parse_http_bind(text)
     except ValueError as e:
         t.fail("bind", f"{_show(text)}: {e}")
-    return HttpSettings(host=host, port=port)
+    return HttpSettings(host=host, port=port, allowed_hosts=allowed)
 
 
 def http_bind_warning(http: HttpSettings) -> str | None:
@@ -921,6 +932,7 @@ def _flatten(settings: Settings) -> dict[str, object]:
     for section in ("agent", "ingest", "upstream", "buffer", "spill"):
         walk(section, getattr(settings, section))
     flat["http.bind"] = (settings.http.host, settings.http.port)
+    flat["http.allowed_hosts"] = settings.http.allowed_hosts
     table = settings.classes.as_table()
     for cls in CLASSES:
         flat[f"classes.{cls.wire_name}"] = table[cls]

@@ -228,7 +228,13 @@ class Agent:
         self._open_sockets(opened)
         self._open_state()
         self._publish_snapshot(time.monotonic())
-        self.http = HttpServer(s.http.host, s.http.port, self.snapshot, history=self.history)
+        self.http = HttpServer(
+            s.http.host,
+            s.http.port,
+            self.snapshot,
+            history=self.history,
+            allowed_hosts=s.http.allowed_hosts,
+        )
         try:
             self.http.start()
         except OSError as e:

@@ -148,6 +148,9 @@ class SpillSettings:
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080  # 0 = any free port; the agent logs the one it got
+    # Host names answered beyond addresses, localhost and this host's own name
+    # (the DNS-rebinding guard, agent/http.py HostPolicy).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,6 +79,7 @@ ALL_KEYS = [
     "spill.max_bytes",
     "spill.flush_interval_ms",
     "http.bind",
+    "http.allowed_hosts",
     "classes.critical",
     "classes.high",
     "classes.normal",
@@ -262,6 +263,7 @@ KEY_CASES: list[tuple[str, str, str, list[str], str]] = [
     ("ingest.insecure_plaintext", '"true"', "string", [], ""),
     ("upstream.insecure_plaintext", "1", "integer", [], ""),
     ("http.bind", "8080", "integer", ['"127.0.0.1:65536"', '"localhost"', '"*:80"', '":80"'], ""),
+    ("http.allowed_hosts", '"gw-01"', "string", ['["http://gw-01"]', '["gw-01:8080"]'], ""),
     *(
         (f"{sock}.{ends}", '"tcp://127.0.0.1:5557"', "string", ['["udp://h:1"]', '[""]'], "")
         for sock in ("ingest", "upstream")
@@ -711,7 +713,7 @@ def test_changed_keys_knows_every_key() -> None:
         ),
         buffer=BufferSettings(4 * MiB, 0, 1.0),
         spill=SpillSettings("/x", MiB, 10),
-        http=HttpSettings("::1", 0),
+        http=HttpSettings("::1", 0, ("gw.example",)),
         classes=ClassRules(
             {
                 EventClass.CRITICAL: ("a",),
@@ -1161,6 +1163,14 @@ def test_a_small_spill_names_the_frame_size_and_the_fix() -> None:
     parse_config_text("[spill]\nmax_bytes = 16842752\n")
     # Any budget from 8 MiB up leaves the default spill size valid.
     parse_config_text("[buffer]\nbudget_bytes = 8388608\n[spill]\nmax_bytes = 2147483648\n")
+
+
+def test_http_allowed_hosts_reach_the_settings() -> None:
+    s = parse_config_text('[http]\nallowed_hosts = ["gw-01.substation.example", "10.20.0.7"]\n')
+    assert s.http.allowed_hosts == ("gw-01.substation.example", "10.20.0.7")
+    assert (s.http.host, s.http.port) == ("127.0.0.1", 8080)  # bind keeps its default
+    err = error_of('[http]\nallowed_hosts = ["gw-01:8080"]\n')
+    assert err.key == "http.allowed_hosts" and "item 0" in err.problem
 
 
 # ---------------------------------------------------------------------------

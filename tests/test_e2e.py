@@ -400,3 +400,19 @@ def test_metrics_and_status_page_from_the_running_agent(make_agent, zctx) -> Non
         r.headers["Content-Type"].startswith("text/html") and "/api/v1/gateway/backpressure" in page
     )
     assert agent.stop() == 0
+
+
+def test_http_allowed_hosts_from_the_config_pass_the_host_check(make_agent) -> None:
+    agent = make_agent(http={"allowed_hosts": ["gw-01.substation.example"]}).start()
+
+    def status_for(host: str) -> int:
+        req = urllib.request.Request(agent.url + "/healthz", headers={"Host": host})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert status_for("gw-01.substation.example") == 200
+    assert status_for("rebound.attacker.example") == 421  # DNS rebinding refused
+    assert agent.stop() == 0
