@@ -25,7 +25,7 @@ run: $(STAMP)
 
 # The suite again with the compiled ingest core switched off (agent/fastpath.py):
 # the tests of the ingest path, where the two cores differ.
-PURE_TESTS := tests/test_codec.py tests/test_fastpath.py tests/test_e2e.py
+PURE_TESTS := tests/test_codec.py tests/test_fastpath.py tests/test_e2e.py tests/test_lane.py
 
 ## test: install and run the whole test suite, in parallel; then the ingest tests in pure Python
 test: $(STAMP)
