@@ -218,7 +218,11 @@ class Agent:
                 s.upstream,
                 agent_id=s.agent.id,
                 epoch=self.epoch,
-                secure=lambda sock: self.guard.secure(sock, "upstream"),
+                # The upstream owns its socket's monitor (peers, agent/fanout.py);
+                # the guard's handshake events come through it.
+                secure=lambda sock: self.guard.secure(sock, "upstream", monitor=False),
+                monitor_events=self.guard.monitor_events("upstream"),
+                on_monitor_event=lambda msg: self.guard.on_monitor_event("upstream", msg),
             )
         except EndpointError as e:
             raise StartupError(str(e)) from e
@@ -342,6 +346,7 @@ class Agent:
         poller = zmq.Poller()
         poller.register(self.pull, zmq.POLLIN)
         poller.register(self.upstream.sock, zmq.POLLIN)
+        poller.register(self.upstream.monitor, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         self._guard_sockets = self.guard.sockets
@@ -365,7 +370,9 @@ class Agent:
         if self.pull in ready and not self.paused:
             got = self._ingest()
         if self.upstream.sock in ready:
-            self.upstream.handle_subscriptions()
+            self.upstream.handle_subscriptions(time.monotonic())
+        if self.upstream.monitor in ready:
+            self.upstream.handle_monitor()
         if self.monitor in ready:
             self._read_monitor()
         if any(sock in ready for sock in self._guard_sockets):
@@ -464,9 +471,10 @@ class Agent:
     # -- publish -----------------------------------------------------------------
 
     def _publish(self, now: float) -> None:
+        up = self.upstream
+        up.log_subscriptions(now)  # a difference held back by the rate limit
         if self._blocked_until > now:
             return
-        up = self.upstream
         deliverable = up.deliverable
         policy = self.policy
         max_events = policy.max_events
@@ -484,7 +492,7 @@ class Agent:
             counters = self.telemetry.classes[cls]
             while q.front_events:
                 body, count = q.peek_batch(max_events, max_bytes)
-                if not up.send_batch(cls, body, count):
+                if not up.send_batch(cls, body, count, now):
                     # NODROP: every subscriber pipe is checked, so no class can
                     # go now; critical keeps its place at the head.
                     self._blocked_until = now + BLOCKED_RETRY_S
@@ -564,7 +572,7 @@ class Agent:
             store=self.store.statistics(),
             governor=self.governor.statistics(),
             upstream=dataclasses.replace(
-                self.upstream.statistics(), unauthorized=curve.upstream.unauthorized
+                self.upstream.statistics(now), unauthorized=curve.upstream.unauthorized
             ),
             ingest_unauthorized=curve.ingest.unauthorized,
             paused=self.paused,
