@@ -41,7 +41,13 @@ from zmq.utils.monitor import recv_monitor_message
 
 import agent
 from agent import memory
-from agent.batching import BatchPolicy
+from agent.batching import (
+    IN_FLIGHT_TARGET_S,
+    BatchPolicy,
+    DrainMeter,
+    in_flight,
+    message_events,
+)
 from agent.classes import CLASSES, EventClass
 from agent.codec import MULTIPART, DecodeResult, FrameDecoder
 from agent.curve import CurveError, CurveGuard
@@ -256,6 +262,10 @@ class Agent:
         self.policy = BatchPolicy(
             s.upstream.batch_max_events, s.upstream.batch_max_bytes, s.upstream.linger_ms / 1000
         )
+        # The message size adapts to the subscriber's drain rate (batching.py).
+        self.drain_meter = DrainMeter()
+        self.in_flight = in_flight(s.upstream.sndhwm, s.upstream.sndbuf_bytes)
+        self._message_events = self.policy.max_events
         self.telemetry = Telemetry(
             AgentIdentity(
                 agent_id=s.agent.id,
@@ -401,7 +411,9 @@ class Agent:
             if q.front_events and deliverable[cls]:
                 since = self._pending_since[cls]
                 waited = now - since if since is not None else 0.0
-                wait = self.policy.wait_s(cls, q.front_events, q.front_bytes, waited)
+                wait = self.policy.wait_s(
+                    cls, q.front_events, q.front_bytes, waited, self._message_events
+                )
                 if wait is not None:
                     timeout = min(timeout, wait)
             if q.hold_back and self.pressure.can_drain(cls, deliverable[cls]):
@@ -477,7 +489,14 @@ class Agent:
             return
         deliverable = up.deliverable
         policy = self.policy
-        max_events = policy.max_events
+        meter = self.drain_meter
+        max_events = self._message_events = message_events(
+            meter.rate(now),
+            meter.event_bytes,
+            self.in_flight,
+            IN_FLIGHT_TARGET_S,
+            policy.max_events,
+        )
         max_bytes = policy.max_bytes
         sends = 0
         for cls in CLASSES:
@@ -487,16 +506,18 @@ class Agent:
             since = self._pending_since[cls]
             if since is None:
                 since = self._pending_since[cls] = now
-            if not policy.due(cls, q.front_events, q.front_bytes, now - since):
+            if not policy.due(cls, q.front_events, q.front_bytes, now - since, max_events):
                 continue
             counters = self.telemetry.classes[cls]
             while q.front_events:
                 body, count = q.peek_batch(max_events, max_bytes)
                 if not up.send_batch(cls, body, count, now):
+                    meter.refused(now)
                     # NODROP: every subscriber pipe is checked, so no class can
                     # go now; critical keeps its place at the head.
                     self._blocked_until = now + BLOCKED_RETRY_S
                     return
+                meter.sent(now, count, len(body))
                 emptied = q.consume(count)
                 if emptied is not None:
                     # Every event of a chunk read back from disk is delivered:
@@ -511,7 +532,9 @@ class Agent:
                 if sends >= PUBLISH_MAX_SENDS:
                     self._pending_since[cls] = now if q.front_events else None
                     return
-                if cls != CRITICAL and not policy.due(cls, q.front_events, q.front_bytes, 0.0):
+                if cls != CRITICAL and not policy.due(
+                    cls, q.front_events, q.front_bytes, 0.0, max_events
+                ):
                     break  # a partial batch left: it lingers from now
             self._pending_since[cls] = now if q.front_events else None
 
