@@ -89,10 +89,12 @@ SUBSCRIBER_RCVHWM = 4
 SUBSCRIBER_RCVBUF_BYTES = 4 * 1024
 
 
-def in_flight(sndhwm: int, sndbuf_bytes: int) -> InFlight:
-    """What sits between the agent and a shallow subscriber with these socket
-    options (Linux doubles SO_SNDBUF and SO_RCVBUF for its bookkeeping)."""
-    return InFlight(sndhwm + SUBSCRIBER_RCVHWM, 2 * (sndbuf_bytes + SUBSCRIBER_RCVBUF_BYTES))
+def in_flight(sndhwm: int, unsent_bytes: int) -> InFlight:
+    """What sits between the agent and a shallow subscriber: the pipes'
+    messages, and the kernel's bytes: what the agent's side may hold unsent
+    (agent/upstream.py UNSENT_MAX_BYTES) and the subscriber's receive buffer
+    (Linux doubles both for its bookkeeping)."""
+    return InFlight(sndhwm + SUBSCRIBER_RCVHWM, 2 * (unsent_bytes + SUBSCRIBER_RCVBUF_BYTES))
 
 
 def message_events(

@@ -61,7 +61,7 @@ from agent.settings import Settings
 from agent.spill import SpillError, SpillStore, next_epoch
 from agent.stats import Snapshot
 from agent.telemetry import AgentIdentity, Telemetry
-from agent.upstream import EndpointError, Upstream, open_endpoints
+from agent.upstream import UNSENT_MAX_BYTES, EndpointError, Upstream, open_endpoints
 
 log = logging.getLogger("agent.loop")
 
@@ -264,7 +264,7 @@ class Agent:
         )
         # The message size adapts to the subscriber's drain rate (batching.py).
         self.drain_meter = DrainMeter()
-        self.in_flight = in_flight(s.upstream.sndhwm, s.upstream.sndbuf_bytes)
+        self.in_flight = in_flight(s.upstream.sndhwm, UNSENT_MAX_BYTES)
         self._message_events = self.policy.max_events
         self.telemetry = Telemetry(
             AgentIdentity(

@@ -79,6 +79,19 @@ SUBSCRIPTIONS_PER_TURN = 256
 SUBSCRIPTION_LOG_EVERY_S = 1.0
 # A topic in a log line is cut to this many characters (after escaping).
 TOPIC_LOG_CHARS = 40
+# Bytes a connection's kernel send queue may hold that the subscriber has not
+# taken: what sits there is FIFO ahead of the next alert. Over TCP this is
+# TCP_NOTSENT_LOWAT (Linux >= 3.12), which bounds the unsent bytes only, so
+# SO_SNDBUF (sndbuf_bytes) still lets a long link keep its bandwidth-delay
+# product in flight; a small SO_SNDBUF would also cap throughput at
+# 2 * sndbuf / RTT (8 KiB per 20 ms: ~3,300 events/s). Over ipc:// libzmq sets
+# no SO_SNDBUF at all (ipc_listener.cpp), the kernel default (~208 KiB) held
+# ~1 s of a slow reader's messages; there is no flight locally, so SO_SNDBUF
+# itself is set to this. Measured (bench/brownout.py, subscriber 30,000
+# events/s): with 64 KiB unsent critical p50 48 / max 73 ms; 16 KiB 16 / 30;
+# 4 KiB 6 / 19 (README, "Upstream sizing").
+UNSENT_MAX_BYTES = 4096
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value
 # Monitor events read per turn: a flood of connects cannot hold the loop.
 MONITOR_EVENTS_PER_TURN = 256
 # The events PeerTracker needs (HANDSHAKE_SUCCEEDED and the failures are stable
@@ -161,6 +174,25 @@ def kernel_send_queue(fd: int) -> int | None:
     except OSError:
         return None
     return int(struct.unpack("i", raw)[0])
+
+
+def bound_unsent(fd: int) -> None:
+    """Keep what a new connection's kernel queue holds unsent to
+    UNSENT_MAX_BYTES (TCP_NOTSENT_LOWAT over TCP, SO_SNDBUF over a Unix
+    socket). libzmq owns the fd: it is wrapped, set and detached, never closed."""
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        return  # gone already
+    try:
+        if s.family == socket.AF_UNIX:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNSENT_MAX_BYTES)
+        elif s.family in (socket.AF_INET, socket.AF_INET6):
+            s.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, UNSENT_MAX_BYTES)
+    except OSError as e:
+        log.debug("upstream: cannot bound the unsent bytes of fd %d: %s", fd, e)
+    finally:
+        s.detach()
 
 
 def shut_down(fd: int) -> None:
@@ -329,6 +361,7 @@ class Upstream:
             event = msg["event"]
             if event & (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED):
                 peers.opened(msg["value"])
+                bound_unsent(msg["value"])
             elif event & zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 peers.handshake_succeeded()
             elif event & _HANDSHAKE_FAILED:
