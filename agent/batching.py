@@ -168,6 +168,10 @@ class DrainMeter:
             self._clear_windows = 0
         else:
             self._clear_windows += 1
+            if self._clear_windows >= self.keep_up_windows:
+                # Keeping up: the next bottleneck (another subscriber, a new
+                # phase) is measured afresh, not smoothed from an old rate.
+                self._rate = None
         self._start = now
         self._events = 0
         self._bytes = 0

@@ -212,3 +212,20 @@ def test_a_smaller_message_size_makes_a_smaller_batch_due(cls: EventClass) -> No
     assert not POLICY.due(cls, 4, 40, 0.0)
     assert POLICY.due(cls, 4, 40, 0.0, max_events=4)
     assert POLICY.wait_s(cls, 3, 30, 0.0, max_events=4) == POLICY.linger_s
+
+
+def test_drain_meter_measures_afresh_after_keeping_up() -> None:
+    # A slow subscriber measured, then a stretch of keeping up: the next
+    # bottleneck starts from its own first window, not the old rate.
+    # (Whole seconds: exact window edges.)
+    m = DrainMeter(window_s=1.0, keep_up_windows=2, smoothing=0.5)
+    m.sent(0.0, 10, 1000)
+    m.refused(0.5)
+    assert m.rate(1.0) == 10.0
+    for t in (2.0, 3.0, 4.0):
+        m.sent(t, 10, 1000)
+    assert m.rate(5.0) is None
+    m.refused(5.5)
+    assert m.rate(5.6) == 0.0  # the first refusal: smallest at once
+    m.sent(5.7, 5000, 500_000)
+    assert m.rate(6.0) == 5000.0  # not smoothed with the old 10/s
