@@ -88,8 +88,8 @@ TOPIC_LOG_CHARS = 40
 # no SO_SNDBUF at all (ipc_listener.cpp), the kernel default (~208 KiB) held
 # ~1 s of a slow reader's messages; there is no flight locally, so SO_SNDBUF
 # itself is set to this. Measured (bench/brownout.py, subscriber 30,000
-# events/s): with 64 KiB unsent critical p50 48 / max 73 ms; 16 KiB 16 / 30;
-# 4 KiB 6 / 19 (README, "Upstream sizing").
+# events/s, what the agent may hold unsent): 64 KiB critical p50 48 / max
+# 73 ms; 16 KiB 16 / 46; 4 KiB 6 / 19 (README, "Upstream sizing").
 UNSENT_MAX_BYTES = 4096
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value
 # Monitor events read per turn: a flood of connects cannot hold the loop.
