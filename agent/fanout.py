@@ -20,9 +20,11 @@ subscriber, however slow, is never cut off: it loses nothing and holds the
 events back as before. With two or more, a peer that has taken nothing of its
 queue for `stall_s` (1 s) while the agent had events for it is cut off: it
 loses what its queues held (counted), reconnects (ZeroMQ does that on its own)
-and sees the loss as `seq` gaps. A slow but healthy second peer that stops
-reading for a second while the other reads is treated the same way: that is
-the price of not letting any one peer hold the others hostage.
+and sees the loss as `seq` gaps. For a minute after a cut-off, 100 ms without
+progress is enough, so a stuck peer that comes back cannot hold the others for
+a second on every round. A slow but healthy second peer that stops reading for
+a second (100 ms in that minute) while the other reads is treated the same
+way: that is the price of not letting any one peer hold the others hostage.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ STALL_S = 1.0
 # `stalled` stays true this long after the last cut-off, so a 4 Hz snapshot,
 # the page and `status` see it even when the cut itself lasted a millisecond.
 STALL_VISIBLE_S = 10.0
+# After a cut-off, for REPEAT_WINDOW_S, a stall is declared after REPEAT_STALL_S
+# already: a stuck peer that reconnects and resubscribes (ZeroMQ does the
+# first by itself, a hostile peer does both) would otherwise hold every alert
+# back for a whole STALL_S on each round. 100 ms is the contract's alert bound.
+REPEAT_WINDOW_S = 60.0
+REPEAT_STALL_S = 0.1
 
 
 class PeerTracker:
@@ -100,14 +108,21 @@ class StallWatch:
     def sent(self, now: float) -> None:
         self.refused_since = None
 
+    def window_s(self, now: float) -> float:
+        """How long a refusal must last to be a stall: `stall_s`, or
+        REPEAT_STALL_S within REPEAT_WINDOW_S of a cut-off."""
+        if self.last_cut is not None and now - self.last_cut < REPEAT_WINDOW_S:
+            return min(self.stall_s, REPEAT_STALL_S)
+        return self.stall_s
+
     def refused(self, now: float) -> bool:
-        """A send was refused at `now`; True if refusals have lasted `stall_s`.
-        A gap of `stall_s` without attempts (nothing to send, nobody
+        """A send was refused at `now`; True if refusals have lasted the
+        window. A gap of `stall_s` without attempts (nothing to send, nobody
         subscribed) starts a new window: only a continuous refusal counts."""
         if self.refused_since is None or now - self.last_refusal >= self.stall_s:
             self.refused_since = now
         self.last_refusal = now
-        return now - self.refused_since >= self.stall_s
+        return now - self.refused_since >= self.window_s(now)
 
     def acted(self, now: float, cut: bool) -> None:
         """The caller handled a stall (cut peers off, or found none to cut):

@@ -16,9 +16,10 @@ socket that carries it, and promises:
   "not now" so the events stay in the class queue;
 - that one subscriber that stops reading cannot hold the others back
   (issue 13, INTERFACE.md): with two or more peers connected, a refusal that
-  lasts STALL_S cuts off the peers whose kernel send queue is full while
-  another's is empty (agent/fanout.py decides, `_cut_stuck` acts); their loss
-  is counted. A single subscriber is never cut off;
+  lasts STALL_S (100 ms for a minute after a cut-off) cuts off the peers
+  whose kernel send queue is full while another's is empty (agent/fanout.py
+  decides, `_cut_stuck` acts); their loss is counted. A single subscriber is
+  never cut off;
 - to keep libzmq's and the kernel's queues shallow (small SNDHWM, bounded
   SO_SNDBUF): what sits there is FIFO and ahead of the next critical alert;
 - that a subscriber costs bounded memory and log: a subscription message
@@ -397,6 +398,7 @@ class Upstream:
 
     def _cut_stuck(self, now: float) -> None:
         """A stall with two or more peers: cut off those that took nothing."""
+        window = self.stall.window_s(now)
         self.handle_monitor()  # the freshest view of which fds are open
         queued = {}
         for fd in self.peers.open_fds:
@@ -421,7 +423,7 @@ class Upstream:
             "waited: cut off (about %d messages lost to them; %d cut-offs so far)",
             len(cut),
             self.peers.peers,
-            self.stall.stall_s,
+            window,
             lost,
             c.stuck_cutoffs,
         )

@@ -6,7 +6,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.fanout import STALL_S, STALL_VISIBLE_S, PeerTracker, StallWatch, stuck_fds
+from agent.fanout import (
+    REPEAT_STALL_S,
+    REPEAT_WINDOW_S,
+    STALL_S,
+    STALL_VISIBLE_S,
+    PeerTracker,
+    StallWatch,
+    stuck_fds,
+)
 
 # ------------------------------------------------------------------ peers
 
@@ -125,7 +133,7 @@ def test_a_gap_without_attempts_starts_a_new_window() -> None:
 def test_after_acting_the_next_decision_waits_a_whole_window() -> None:
     w = StallWatch()
     assert refuse_until(w, 0.0, STALL_S)
-    w.acted(STALL_S, cut=True)
+    w.acted(STALL_S, cut=False)  # nobody to cut (all slow)
     assert not w.refused(STALL_S + 0.001)
     assert not refuse_until(w, STALL_S + 0.1, 2 * STALL_S - 0.1)
     assert refuse_until(w, 2 * STALL_S, 2 * STALL_S)
@@ -168,3 +176,19 @@ def test_a_cut_always_leaves_an_empty_queue(queued: dict[int, int]) -> None:
     assert all(queued[fd] > 0 for fd in cut)
     if cut:
         assert any(n == 0 for fd, n in queued.items() if fd not in cut)
+
+
+def test_after_a_cut_a_repeat_stall_is_declared_sooner() -> None:
+    w = StallWatch()
+    assert refuse_until(w, 0.0, STALL_S)
+    w.acted(STALL_S, cut=True)
+    w.sent(STALL_S + 0.01)
+    # The stuck peer is back and refuses again: 100 ms is a stall now.
+    t = STALL_S + 5.0
+    assert not refuse_until(w, t, t + REPEAT_STALL_S / 2, step=0.01)
+    assert refuse_until(w, t + REPEAT_STALL_S / 2 + 0.01, t + REPEAT_STALL_S + 0.01, step=0.01)
+    # A minute later the full window applies again.
+    later = STALL_S + REPEAT_WINDOW_S + 1.0
+    w.acted(later, cut=False)
+    assert not refuse_until(w, later + 0.1, later + 0.5)
+    assert refuse_until(w, later + 0.6, later + 0.1 + STALL_S)
