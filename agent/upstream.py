@@ -16,7 +16,7 @@ socket that carries it, and promises:
   "not now" so the events stay in the class queue;
 - that one subscriber that stops reading cannot hold the others back
   (issue 13, INTERFACE.md): with two or more peers connected, a refusal that
-  lasts STALL_S (100 ms for a minute after a cut-off) cuts off the peers
+  lasts STALL_S (50 ms for a minute after a cut-off) cuts off the peers
   whose kernel send queue is full while another's is empty (agent/fanout.py
   decides, `_cut_stuck` acts); their loss is counted. A single subscriber is
   never cut off;

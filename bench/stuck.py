@@ -2,6 +2,8 @@
 # at full speed.
 #
 #   python bench/stuck.py              # ~25 s
+#   python bench/stuck.py --hostile    # the stuck one comes back: a new stuck
+#                                      # SUB every 1.5 s
 #
 # Scenario: the agent (defaults, upstream on tcp); a stuck SUB (RCVHWM 1,
 # SO_RCVBUF 4 KiB, subscribed to everything, never reads) connects first, then
@@ -23,6 +25,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,39 @@ from loadgen import Phase, generator_argv, merge_reports
 SETUP_S = 3.0
 
 
+def stuck_sub(ctx: zmq.Context, upstream: str) -> zmq.Socket:
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.RCVHWM, 1)
+    s.setsockopt(zmq.RCVBUF, 4096)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(upstream)
+    s.subscribe(b"")
+    return s
+
+
+class Hostile(threading.Thread):
+    """A stuck subscriber that keeps coming back: a new SUB that never reads
+    every `every_s` (the old one closed). A stuck SUB does not even notice
+    that the agent cut it off (its engine stopped reading at RCVHWM, so it
+    never sees the EOF): a peer that returns has to do it on purpose."""
+
+    def __init__(self, ctx: zmq.Context, upstream: str, every_s: float) -> None:
+        super().__init__(daemon=True)
+        self.ctx = ctx
+        self.upstream = upstream
+        self.every_s = every_s
+        self.rounds = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        s = stuck_sub(self.ctx, self.upstream)
+        while not self.stop_event.wait(self.every_s):
+            s.close(0)
+            s = stuck_sub(self.ctx, self.upstream)
+            self.rounds += 1
+        s.close(0)
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     ingest = f"ipc://{workdir}/in"
     upstream = f"tcp://127.0.0.1:{free_tcp_port()}"
@@ -57,18 +93,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cfg = common.base_agent_config(workdir, [ingest], [upstream], overrides)
     agent = AgentProcess(workdir, cfg, "agent")
     ctx = zmq.Context()
-    stuck = ctx.socket(zmq.SUB)
-    stuck.setsockopt(zmq.RCVHWM, 1)
-    stuck.setsockopt(zmq.RCVBUF, 4096)
-    stuck.setsockopt(zmq.LINGER, 0)
+    stuck: zmq.Socket | None = None
+    hostile: Hostile | None = None
     sub: Helper | None = None
     gen: Helper | None = None
     sampler: Sampler | None = None
     out: dict[str, Any] = {}
     try:
         agent.start()
-        stuck.connect(upstream)
-        stuck.subscribe(b"")
+        if args.hostile:
+            hostile = Hostile(ctx, upstream, args.hostile_every)
+            hostile.start()
+        else:
+            stuck = stuck_sub(ctx, upstream)
         agent.wait_subscribed()
         start_at = mono_ns() + int(SETUP_S * 1e9)
         sub = Helper(
@@ -119,7 +156,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for h in (gen, sub):
             if h is not None:
                 h.stop()
-        stuck.close(0)
+        if hostile is not None:
+            hostile.stop_event.set()
+            hostile.join(5)
+            out["hostile_rounds"] = hostile.rounds
+        if stuck is not None:
+            stuck.close(0)
         ctx.term()
         out["agent_exit"] = agent.stop(timeout=60)
         agent.keep_log("stuck-agent.log")
@@ -187,7 +229,8 @@ def report(args: argparse.Namespace, out: dict[str, Any]) -> tuple[str, bool]:
     lines.append(table(["", "n", "p50 ms", "p99 ms", "max ms"], rows))
     lines.append("")
     lines.append(
-        f"stuck one cut off {a['cut_after_s']} s after the load began; endpoint at the end: "
+        (f"hostile: a new stuck SUB {out.get('hostile_rounds')} times; " if args.hostile else "")
+        + f"stuck one cut off {a['cut_after_s']} s after the load began; endpoint at the end: "
         f"peers {final.get('peers')}, stalled {final.get('stalled')}, "
         f"stuck_dropped_messages {final.get('stuck_dropped_messages')}, "
         f"stuck_dropped_events {final.get('stuck_dropped_events')}"
@@ -222,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--mix", default="critical=1,high=4,normal=70,low=25")
     ap.add_argument("--agent-set", action="append", default=[], metavar="TABLE.KEY=VALUE")
+    ap.add_argument("--hostile", action="store_true", help="the stuck one keeps coming back")
+    ap.add_argument("--hostile-every", type=float, default=1.5, help="seconds between returns")
     args = ap.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="ea-stuck-", dir="/tmp"))
     print("stuck: running (about 25 s) ...", flush=True)
