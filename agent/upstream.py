@@ -273,10 +273,13 @@ class Upstream:
         self._counters = _Counters()
         self.peers = PeerTracker()
         self.stall = StallWatch()
+        self._header_key = (-1, 0, 0)
+        self._header = b""
         # Mean size of recent messages, for the count of what a cut-off lost.
         self._mean_events = 1.0
         # Subscription log: what changed since the last line, and when it may go.
         self._logged: set[bytes] = set()
+        self._log_pending = False  # something to log since the last line
         self._ignored_since_log = 0
         self._ignored_example = b""
         self._next_log = 0.0
@@ -302,6 +305,7 @@ class Upstream:
                 if msg[0]:
                     self._ignored_since_log += 1
                     self._ignored_example = topic
+                    self._log_pending = True
                 continue
             if msg[0] == 1:
                 if topic not in subs:
@@ -312,13 +316,16 @@ class Upstream:
                 changed = True
         if changed:
             self.deliverable = [any(t.startswith(p) for p in subs) for t in CLASS_TOPICS]
+            self._log_pending = True
         self.log_subscriptions(now)
         return changed
 
     def log_subscriptions(self, now: float) -> None:
-        """One line with the difference since the last line, when due."""
-        if now < self._next_log:
+        """One line with the difference since the last line, when due (the
+        loop calls this every turn: nothing pending is one attribute test)."""
+        if not self._log_pending or now < self._next_log:
             return
+        self._log_pending = False
         subs = self._subscriptions
         added = sorted(subs - self._logged)
         removed = sorted(self._logged - subs)
@@ -380,7 +387,12 @@ class Upstream:
         refusal that has lasted STALL_S with two or more peers cuts off the
         stuck ones (the send still says False: retry soon)."""
         seq = self._seq[cls] + 1
-        header = encode_header(self.agent_id, self.epoch, seq, count)
+        key = (cls, seq, count)
+        if key == self._header_key:
+            header = self._header  # a retry after a refusal: same header
+        else:
+            header = encode_header(self.agent_id, self.epoch, seq, count)
+            self._header_key, self._header = key, header
         try:
             self.sock.send_multipart((CLASS_TOPICS[cls], header, body), zmq.NOBLOCK)
         except zmq.Again:
