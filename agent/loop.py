@@ -45,7 +45,13 @@ from zmq.utils.monitor import recv_monitor_message
 
 import agent
 from agent import fastpath, memory
-from agent.batching import BatchPolicy
+from agent.batching import (
+    IN_FLIGHT_TARGET_S,
+    BatchPolicy,
+    DrainMeter,
+    in_flight,
+    message_events,
+)
 from agent.classes import CLASSES, EventClass
 from agent.codec import MULTIPART, DecodeResult
 from agent.curve import CurveError, CurveGuard
@@ -61,7 +67,7 @@ from agent.settings import IngestSettings, Settings
 from agent.spill import SpillError, SpillStore, next_epoch
 from agent.stats import Snapshot
 from agent.telemetry import AgentIdentity, Telemetry
-from agent.upstream import EndpointError, Upstream
+from agent.upstream import UNSENT_MAX_BYTES, EndpointError, Upstream
 
 log = logging.getLogger("agent.loop")
 
@@ -344,7 +350,11 @@ class Agent:
                 s.upstream,
                 agent_id=s.agent.id,
                 epoch=self.epoch,
-                secure=lambda sock: self.guard.secure(sock, "upstream"),
+                # The upstream owns its socket's monitor (peers, agent/fanout.py);
+                # the guard's handshake events come through it.
+                secure=lambda sock: self.guard.secure(sock, "upstream", monitor=False),
+                monitor_events=self.guard.monitor_events("upstream"),
+                on_monitor_event=lambda msg: self.guard.on_monitor_event("upstream", msg),
             )
         except EndpointError as e:
             raise StartupError(str(e)) from e
@@ -417,6 +427,10 @@ class Agent:
         self.policy = BatchPolicy(
             s.upstream.batch_max_events, s.upstream.batch_max_bytes, s.upstream.linger_ms / 1000
         )
+        # The message size adapts to the subscriber's drain rate (batching.py).
+        self.drain_meter = DrainMeter()
+        self.in_flight = in_flight(s.upstream.sndhwm, UNSENT_MAX_BYTES)
+        self._message_events = self.policy.max_events
         self.telemetry = Telemetry(
             AgentIdentity(
                 agent_id=s.agent.id,
@@ -515,6 +529,7 @@ class Agent:
             poller.register(pull.sock, zmq.POLLIN)
             poller.register(pull.monitor, zmq.POLLIN)
         poller.register(self.upstream.sock, zmq.POLLIN)
+        poller.register(self.upstream.monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         self._guard_sockets = self.guard.sockets
         for sock in self._guard_sockets:
@@ -537,7 +552,9 @@ class Agent:
         if not self.paused:
             got = self._ingest(ready)
         if self.upstream.sock in ready:
-            self.upstream.handle_subscriptions()
+            self.upstream.handle_subscriptions(time.monotonic())
+        if self.upstream.monitor in ready:
+            self.upstream.handle_monitor()
         for pull in self._pulls:
             if pull.monitor in ready:
                 self._read_monitor(pull)
@@ -567,7 +584,9 @@ class Agent:
             if q.front_events and deliverable[cls]:
                 since = self._pending_since[cls]
                 waited = now - since if since is not None else 0.0
-                wait = self.policy.wait_s(cls, q.front_events, q.front_bytes, waited)
+                wait = self.policy.wait_s(
+                    cls, q.front_events, q.front_bytes, waited, self._message_events
+                )
                 if wait is not None:
                     timeout = min(timeout, wait)
             if q.hold_back and self.pressure.can_drain(cls, deliverable[cls]):
@@ -692,12 +711,20 @@ class Agent:
     # -- publish -----------------------------------------------------------------
 
     def _publish(self, now: float) -> None:
+        up = self.upstream
+        up.log_subscriptions(now)  # a difference held back by the rate limit
         if self._blocked_until > now:
             return
-        up = self.upstream
         deliverable = up.deliverable
         policy = self.policy
-        max_events = policy.max_events
+        meter = self.drain_meter
+        max_events = self._message_events = message_events(
+            meter.rate(now),
+            meter.event_bytes,
+            self.in_flight,
+            IN_FLIGHT_TARGET_S,
+            policy.max_events,
+        )
         max_bytes = policy.max_bytes
         sends = 0
         for cls in CLASSES:
@@ -707,16 +734,18 @@ class Agent:
             since = self._pending_since[cls]
             if since is None:
                 since = self._pending_since[cls] = now
-            if not policy.due(cls, q.front_events, q.front_bytes, now - since):
+            if not policy.due(cls, q.front_events, q.front_bytes, now - since, max_events):
                 continue
             counters = self.telemetry.classes[cls]
             while q.front_events:
                 body, count = q.peek_batch(max_events, max_bytes)
-                if not up.send_batch(cls, body, count):
+                if not up.send_batch(cls, body, count, now):
+                    meter.refused(now)
                     # NODROP: every subscriber pipe is checked, so no class can
                     # go now; critical keeps its place at the head.
                     self._blocked_until = now + BLOCKED_RETRY_S
                     return
+                meter.sent(now, count, len(body))
                 emptied = q.consume(count)
                 if emptied is not None:
                     # Every event of a chunk read back from disk is delivered:
@@ -731,7 +760,9 @@ class Agent:
                 if sends >= PUBLISH_MAX_SENDS:
                     self._pending_since[cls] = now if q.front_events else None
                     return
-                if cls != CRITICAL and not policy.due(cls, q.front_events, q.front_bytes, 0.0):
+                if cls != CRITICAL and not policy.due(
+                    cls, q.front_events, q.front_bytes, 0.0, max_events
+                ):
                     break  # a partial batch left: it lingers from now
             self._pending_since[cls] = now if q.front_events else None
 
@@ -793,7 +824,7 @@ class Agent:
             store=self.store.statistics(),
             governor=self.governor.statistics(),
             upstream=dataclasses.replace(
-                self.upstream.statistics(), unauthorized=curve.upstream.unauthorized
+                self.upstream.statistics(now), unauthorized=curve.upstream.unauthorized
             ),
             ingest_unauthorized=curve.ingest.unauthorized,
             paused=self.paused,

@@ -93,6 +93,10 @@ class UpstreamStats:
     events: int = 0
     blocked: int = 0  # sends refused by XPUB_NODROP (a slow subscriber)
     unauthorized: int = 0  # CURVE handshakes refused (issue 5)
+    peers: int = 0  # connected subscribers (handshake done), from the socket monitor
+    stalled: bool = False  # a refusal lasted STALL_S, or a stuck peer was cut off lately
+    stuck_dropped_messages: int = 0  # lost to subscribers cut off as stuck (estimate)
+    stuck_dropped_events: int = 0
 
 
 # Upper bounds (s) of the critical latency histogram: dense around the
@@ -242,6 +246,10 @@ class Snapshot:
                 "events": self.upstream.events,
                 "blocked": self.upstream.blocked,
                 "unauthorized": self.upstream.unauthorized,
+                "peers": self.upstream.peers,
+                "stalled": self.upstream.stalled,
+                "stuck_dropped_messages": self.upstream.stuck_dropped_messages,
+                "stuck_dropped_events": self.upstream.stuck_dropped_events,
             },
             "latency": {
                 "critical": {

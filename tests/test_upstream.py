@@ -5,6 +5,7 @@ polling the XPUB socket itself."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,15 @@ import zmq
 
 from agent.classes import CLASS_TOPICS, CLASSES, EventClass
 from agent.settings import UpstreamSettings
-from agent.upstream import EndpointError, Upstream, encode_header
+from agent.upstream import (
+    SUBSCRIPTION_LOG_EVERY_S,
+    SUBSCRIPTION_MAX_BYTES,
+    SUBSCRIPTIONS_PER_TURN,
+    EndpointError,
+    Upstream,
+    encode_header,
+    printable_topic,
+)
 
 C, H, N, L = EventClass.CRITICAL, EventClass.HIGH, EventClass.NORMAL, EventClass.LOW
 ENDPOINT = "inproc://upstream"
@@ -315,3 +324,218 @@ def test_an_endpoint_that_cannot_open_is_named_and_nothing_stays_open(
     term.start()
     term.join(TIMEOUT_S)
     assert not term.is_alive(), "ctx.term() waits for a socket Upstream left open"
+
+
+# -------------------------------------------- hostile subscribers (issue 13)
+
+
+def test_a_subscription_that_selects_no_class_is_ignored(zctx: zmq.Context, up: Upstream) -> None:
+    s = sub(zctx, b"garbage", b"criticality", b"\x00\xff", b"low")
+    wait_until(up, lambda: up.deliverable[L], "the marker subscription")
+    assert up.deliverable == [False, False, False, True]
+    assert up.subscribers == 1  # only b"low" is kept
+    s.close()
+
+
+def test_subscriptions_read_per_turn_are_bounded(zctx: zmq.Context, up: Upstream) -> None:
+    x = zctx.socket(zmq.XSUB)
+    x.setsockopt(zmq.LINGER, 0)
+    x.setsockopt(zmq.SNDHWM, 0)
+    x.connect(ENDPOINT)
+    n = SUBSCRIPTIONS_PER_TURN + 50
+    for i in range(n):
+        x.send(b"\x01junk-%d" % i)  # distinct: a plain XPUB passes each one up
+    x.send(b"\x01critical")
+    # Over inproc every send above is in the pipe already: the XPUB takes them
+    # all into its queue at the first poll.
+    assert up.sock.poll(int(TIMEOUT_S * 1000), zmq.POLLIN)
+    up.handle_subscriptions()
+    assert not up.deliverable[C], "more than SUBSCRIPTIONS_PER_TURN read in one turn"
+    wait_until(up, lambda: up.deliverable[C], "the subscription after the junk")
+    x.close()
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        b"\n2026-12-06 21:00:00,000 CRITICAL agent.loop: stopped: 0 delivered, 9 LOST",
+        b"\r\x1b[2Kcritical\x00",
+        "ünïcode\u2028line".encode(),
+        b"x" * 5000,
+        b"it's a \\ quote",
+    ],
+)
+def test_a_topic_is_printed_on_one_escaped_line(topic: bytes) -> None:
+    text = printable_topic(topic)
+    assert text.isprintable() and "\n" not in text and "\r" not in text
+    assert len(text) < 2 * 4 * 40 + 40  # cut, whatever the topic's length
+    if topic.startswith(b"\n"):
+        assert text.startswith("'\\x0a2026-12-06")
+
+
+def test_subscription_changes_are_logged_as_escaped_differences_rate_limited(
+    zctx: zmq.Context, up: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = b"\n... CRITICAL agent.loop: stopped: ... LOST"
+    caplog.set_level(logging.INFO, logger="agent.upstream")
+    s = sub(zctx, forged, b"critical")
+    now = 100.0
+    deadline = time.monotonic() + TIMEOUT_S
+    while not up.deliverable[C]:
+        up.handle_subscriptions(now)
+        assert time.monotonic() < deadline
+        up.sock.poll(20, zmq.POLLIN)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert "\n" not in lines[0]
+    assert "added 'critical'" in lines[0]
+    assert "ignored 1" in lines[0] and "\\x0a..." in lines[0]
+    # Within the rate limit: changes are held back, then logged as one difference.
+    s.subscribe(b"high")
+    s.subscribe(b"low")
+    wait_until_at(up, now + 0.5, lambda: up.deliverable[H] and up.deliverable[L])
+    assert len(caplog.records) == 1
+    up.log_subscriptions(now + SUBSCRIPTION_LOG_EVERY_S)
+    assert len(caplog.records) == 2
+    second = caplog.records[1].getMessage()
+    assert "added 'high', 'low'" in second
+    assert "critical" not in second  # a difference, not the whole list
+    s.close()
+
+
+def wait_until_at(up: Upstream, now: float, condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        up.handle_subscriptions(now)
+        assert time.monotonic() < deadline, "timed out"
+        up.sock.poll(20, zmq.POLLIN)
+
+
+@pytest.fixture
+def ipc_up(zctx: zmq.Context, workdir: str) -> Iterator[Upstream]:
+    settings = UpstreamSettings(bind=(f"ipc://{workdir}/up",), sndhwm=1, sndbuf_bytes=4096)
+    upstream = Upstream(zctx, settings, agent_id="gw-test", epoch=7)
+    yield upstream
+    upstream.sock.setsockopt(zmq.LINGER, 0)
+    upstream.close()
+
+
+def ipc_sub(
+    ctx: zmq.Context, up: Upstream, *, rcvhwm: int = 1000, marker: bytes | None = None
+) -> zmq.Socket:
+    """A SUB to everything; `marker`, a second honoured topic, shows (once in
+    the XPUB's set) that this peer's b"" was processed too: one pipe is read
+    in order, and a plain XPUB reports b"" only for its first subscriber."""
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVHWM, rcvhwm)
+    s.setsockopt(zmq.RCVBUF, 4096)
+    s.connect(up.sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    s.subscribe(b"")
+    if marker is not None:
+        s.subscribe(marker)
+    return s
+
+
+def wait_peers(up: Upstream, n: int) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while up.peers.peers != n:
+        assert time.monotonic() < deadline, f"peers {up.peers.peers}, waiting for {n}"
+        up.monitor.poll(20, zmq.POLLIN)
+        up.handle_monitor()
+        up.handle_subscriptions()
+
+
+def test_peers_are_counted_from_the_monitor(zctx: zmq.Context, ipc_up: Upstream) -> None:
+    a = ipc_sub(zctx, ipc_up)
+    b = ipc_sub(zctx, ipc_up)
+    wait_peers(ipc_up, 2)
+    assert ipc_up.statistics().peers == 2
+    a.close()
+    wait_peers(ipc_up, 1)
+    b.close()
+    wait_peers(ipc_up, 0)
+
+
+def test_an_oversized_subscription_disconnects_the_peer(
+    zctx: zmq.Context, ipc_up: Upstream
+) -> None:
+    x = zctx.socket(zmq.XSUB)
+    x.setsockopt(zmq.LINGER, 0)
+    x.connect(ipc_up.sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    wait_peers(ipc_up, 1)
+    x.send(b"\x01" + b"c" * (SUBSCRIPTION_MAX_BYTES + 1))
+    wait_peers(ipc_up, 0)  # MAXMSGSIZE: libzmq dropped the connection
+    assert ipc_up.subscribers == 0
+    x.close()
+
+
+def send_until_refused(up: Upstream, now: float, limit: int = 100_000) -> int:
+    for i in range(limit):
+        if not up.send_batch(N, b"x" * 200, 1, now):
+            return i
+    pytest.fail("NODROP never refused")
+
+
+def test_a_lone_stuck_subscriber_is_never_cut_off(zctx: zmq.Context, ipc_up: Upstream) -> None:
+    stuck = ipc_sub(zctx, ipc_up, rcvhwm=1)
+    wait_peers(ipc_up, 1)
+    wait_until(ipc_up, lambda: all(ipc_up.deliverable), "the subscription")
+    sent = send_until_refused(ipc_up, 0.0)
+    # Refused for 4 s of the fake clock (the kernel may still take one now and then).
+    for k in range(1, 40):
+        sent += ipc_up.send_batch(N, b"x" * 200, 1, k * 0.1)
+    st = ipc_up.statistics(4.0)
+    assert st.stuck_dropped_messages == 0 and st.peers == 1 and st.blocked >= 30
+    # It still gets everything, in order, once it reads.
+    got = [recv_message(stuck) for _ in range(sent)]
+    assert [header_of(m)["seq"] for m in got] == list(range(1, sent + 1))
+
+
+def test_a_stuck_subscriber_beside_a_reading_one_is_cut_off(
+    zctx: zmq.Context, ipc_up: Upstream
+) -> None:
+    stuck = ipc_sub(zctx, ipc_up, rcvhwm=1, marker=b"n")
+    wait_until(ipc_up, lambda: ipc_up.subscribers == 2, "the stuck one's subscription")
+    healthy = ipc_sub(zctx, ipc_up, marker=b"no")
+    wait_until(ipc_up, lambda: ipc_up.subscribers == 3, "the healthy one's subscription")
+    wait_peers(ipc_up, 2)
+    sent = 0
+    received: list[int] = []
+
+    def drain() -> None:
+        while healthy.poll(0):
+            received.append(int(header_of(healthy.recv_multipart())["seq"]))  # type: ignore[call-overload]
+
+    # Fill the stuck one's queues (the healthy one reads as we go), then keep
+    # trying on a fake clock that moves 0.1 s per refusal.
+    now = 0.0
+    deadline = time.monotonic() + TIMEOUT_S * 2
+    while ipc_up.statistics(now).stuck_dropped_messages == 0:
+        assert time.monotonic() < deadline, "never cut off"
+        if ipc_up.send_batch(N, b"x" * 200, 1, now):
+            sent += 1
+        else:
+            now += 0.1
+        drain()
+    st = ipc_up.statistics(now)
+    assert st.stalled and st.stuck_dropped_messages >= 1 and st.stuck_dropped_events >= 1
+    # From now on sends reach the healthy one again.
+    more = 0
+    while more < 50:
+        assert time.monotonic() < deadline, "sends still refused after the cut"
+        if ipc_up.send_batch(N, b"y", 1, now):
+            more += 1
+        else:
+            ipc_up.sock.poll(5, zmq.POLLIN)
+            ipc_up.handle_monitor()
+        drain()
+    while len(received) < sent + more:
+        assert time.monotonic() < deadline, (
+            f"healthy got {len(received)} of {sent + more}: "
+            f"missing {sorted(set(range(1, sent + more + 1)) - set(received))}"
+        )
+        healthy.poll(50)
+        drain()
+    assert received == list(range(1, sent + more + 1)), "the healthy one lost a message"
+    stuck.close()
