@@ -156,6 +156,7 @@ def busy_snapshot(n: int = 0, *, subscribers: int = 2) -> Snapshot:
         ),
         upstream=UpstreamStats(
             subscribers=subscribers,
+            peers=subscribers,
             messages=90_000 + 30 * n,
             events=9_000_000 + (events_in if subscribers else 0) * n,
             blocked=17,

@@ -131,10 +131,9 @@ def test_a_sample_of_the_busy_agent() -> None:
         + (doc["spill"]["pending_events"])
     )
     assert s.latency_count == doc["latency"]["critical"]["count"]
-    # Fields this agent does not report are None, not zero (the lane's
-    # counters are in every Snapshot: zero here).
+    # The lane's and the upstream's counters are in every Snapshot: zero here.
     assert s.lane_noncritical == 0
-    assert s.stalled is None and s.stuck_dropped_messages is None
+    assert s.stalled is False and s.stuck_dropped_messages == 0
 
 
 def test_fields_other_components_add_are_read_when_present() -> None:

@@ -363,16 +363,17 @@ def test_every_known_alarm_is_a_series_at_zero_or_one() -> None:
 def test_fields_an_agent_may_report_appear_exactly_when_reported() -> None:
     snap = busy_snapshot()
     plain = parse(metrics.render(snap))
-    # The lane and the ingest path are in every Snapshot (wt-lane); the rest
-    # only when another component reports it.
-    assert "edge_agent_lane_events" in plain and "edge_agent_ingest_path" in plain
+    # The lane, the ingest path and the upstream peers are in every Snapshot;
+    # the rest only when another component reports it.
     for name in (
+        "edge_agent_lane_events",
+        "edge_agent_ingest_path",
         "edge_agent_upstream_peers",
         "edge_agent_upstream_stalled",
         "edge_agent_upstream_stuck_dropped_messages",
-        "edge_agent_spill_write_through",
     ):
-        assert name not in plain, name
+        assert name in plain, name
+    assert "edge_agent_spill_write_through" not in plain
     doc = snap.to_json()
     doc["agent"]["ingest_path"] = "compiled"
     doc["ingest"]["lane"] = {"configured": True, "frames": 12, "events": 40, "noncritical": 3}

@@ -561,7 +561,7 @@ def test_a_busy_agent_at_1024x768(served: tuple[str, HttpServer], tab_factory: A
     assert "since 24 Nov 2025" in meta and "1764000000123" not in meta
 
     assert tab.text("up-state") == "\u2714 CONNECTED"
-    assert tab.text("up-detail") == "2 subscribers"
+    assert tab.text("up-detail") == "2 subscribers \u00b7 2 peers"
     assert "refused sends17" in tab.text("up-kv")
 
     assert tab.text("mem-used") == "301.0 MiB"

@@ -70,7 +70,9 @@ def busy_snapshot() -> Snapshot:
             rejected_total=1_234,
             rejected_by_reason=(("missing_key", 200), ("not_cbor", 1_000), ("too_large", 34)),
         ),
-        upstream=UpstreamStats(subscribers=2, messages=12_000, events=1_097_836, blocked=3),
+        upstream=UpstreamStats(
+            subscribers=2, peers=2, messages=12_000, events=1_097_836, blocked=3
+        ),
     )
 
 
@@ -139,7 +141,7 @@ def test_render_a_busy_agent() -> None:
     assert "270,003 events on disk (103.0 MiB), drain ETA 4m 12s" in text
     assert "files 2.0 GiB" in text
     assert "1,234 total: not_cbor 1,000, missing_key 200, too_large 34" in text
-    assert "connected (2 subscribers)" in text
+    assert "connected (2 subscribers, 2 peers)" in text
     assert "NOT CONNECTED" not in text
     # The start as a time, not the 13-digit epoch (issue 12 item 8).
     assert "since 2023-11-14 22:13 UTC" in text and "epoch" not in text
