@@ -61,6 +61,15 @@ from agent.stats import UpstreamStats
 
 log = logging.getLogger("agent.upstream")
 
+# (option, value) for the XPUB's connections, see Upstream.__init__.
+UPSTREAM_PEER_OPTIONS: tuple[tuple[int, int], ...] = (
+    (zmq.HANDSHAKE_IVL, 10_000),  # ms
+    (zmq.TCP_KEEPALIVE, 1),
+    (zmq.TCP_KEEPALIVE_IDLE, 60),  # s of silence before the first probe
+    (zmq.TCP_KEEPALIVE_INTVL, 10),  # s between probes
+    (zmq.TCP_KEEPALIVE_CNT, 6),  # unanswered probes that close it
+)
+
 # ZMQ_MAXMSGSIZE on the XPUB, in bytes: bounds every frame a subscriber sends,
 # subscriptions included, before libzmq allocates it (v2_decoder.cpp checks the
 # declared size). The longest honoured subscription is 9 bytes ("\x01critical";
@@ -251,6 +260,17 @@ class Upstream:
             sock.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
             # close() must not block the stop sequence forever on a dead peer.
             sock.setsockopt(zmq.LINGER, 2000)
+            # Descriptors (issue 13 item 6): a peer must finish its handshake
+            # within 10 s (a port probe holds a descriptor that long, not
+            # forever), and TCP keepalive closes connections to hosts that
+            # vanished (~2 min). No ZMTP heartbeats here, unlike the ingest
+            # sockets: a subscriber that reads nothing for a while also stops
+            # reading PINGs, and a heartbeat timeout would disconnect a lone
+            # slow subscriber and lose what sits in its pipe, which the
+            # contract forbids ("a single slow subscriber loses nothing").
+            # Several subscribers, one stuck: agent/fanout.py cuts it.
+            for option, value in UPSTREAM_PEER_OPTIONS:
+                sock.setsockopt(option, value)
             if secure is not None:
                 secure(sock)  # CURVE (agent/curve.py): before the first bind/connect
             monitor = sock.get_monitor_socket(PEER_EVENTS | monitor_events)

@@ -539,3 +539,14 @@ def test_a_stuck_subscriber_beside_a_reading_one_is_cut_off(
         drain()
     assert received == list(range(1, sent + more + 1)), "the healthy one lost a message"
     stuck.close()
+
+
+def test_the_xpub_bounds_handshakes_and_keeps_tcp_alive_but_sends_no_heartbeats(
+    up: Upstream,
+) -> None:
+    from agent.upstream import UPSTREAM_PEER_OPTIONS
+
+    for option, value in UPSTREAM_PEER_OPTIONS:
+        assert up.sock.getsockopt(option) == value, option
+    # A lone slow subscriber must never be dropped for not answering PINGs.
+    assert up.sock.getsockopt(zmq.HEARTBEAT_IVL) == 0
