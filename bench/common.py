@@ -355,9 +355,16 @@ class Sample:
 class AgentProcess:
     """`python -m agent run --config PATH` with its stderr in a log file."""
 
-    def __init__(self, workdir: Path, config: dict[str, dict[str, object]], name: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, dict[str, object]],
+        name: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.name = name
+        self.extra_env = dict(env or {})
         self.config_path = workdir / f"{name}.toml"
         self.config_path.write_text(agent_config_text(config))
         self.log_path = workdir / f"{name}.log"
@@ -369,6 +376,7 @@ class AgentProcess:
         argv = [*agent_command(), "run", "--config", str(self.config_path)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env.update(self.extra_env)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(REPO_ROOT), env=env
