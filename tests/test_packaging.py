@@ -443,3 +443,26 @@ def test_unit_verifies(amd64: Package, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     ours = [line for line in done.stderr.splitlines() if "edge-agent.service" in line]
     assert not ours, ours
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "complaint"),
+    [
+        ("fetch-wheels.sh", ["--agent-wheel", "fast"], "--agent-wheel must be compiled or pure"),
+        ("build-wheel.sh", [], "--dest is required"),
+        ("build-wheel.sh", ["--dest", "{tmp}", "--pyver", "three"], "--pyver must look like"),
+    ],
+)
+def test_wheel_scripts_refuse_bad_arguments_before_any_work(
+    tmp_path: Path, script: str, args: list[str], complaint: str
+) -> None:
+    """Checked before the network, the build root or root privileges are needed."""
+    done = subprocess.run(
+        [str(PACKAGING / script), "--arch", "arm64", *(a.format(tmp=tmp_path) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert complaint in done.stderr
+    assert not list(tmp_path.iterdir())
