@@ -1,9 +1,10 @@
 """The Debian package (packaging/build-deb.sh) and its systemd unit, without the network.
 
 Each test builds a real .deb with the same script a release uses, from a local
-wheelhouse in tmp_path: a stand-in for the agent's own wheel (the file name is
-what the build checks) and a stand-in binary dependency with a manylinux tag,
-uncompressed for speed. It then reads the package back with dpkg-deb: control
+wheelhouse in tmp_path: a stand-in for the agent's own wheel (its name and file
+list are what the build checks: pure py3-none-any, or cp311-cp311-linux_MACHINE
+with the compiled ingest core for that CPU, as packaging/build-wheel.sh makes it)
+and stand-in binary dependencies with manylinux tags, uncompressed for speed. It then reads the package back with dpkg-deb: control
 fields, conffiles, files and owners, the maintainer scripts (syntax, and that
 nothing they remove is spill data), and the unit (`systemd-analyze verify`
 where available). The wheelhouse fetch and a real install are what
