@@ -4,10 +4,11 @@ Each test builds a real .deb with the same script a release uses, from a local
 wheelhouse in tmp_path: a stand-in for the agent's own wheel (its name and file
 list are what the build checks: pure py3-none-any, or cp311-cp311-linux_MACHINE
 with the compiled ingest core for that CPU, as packaging/build-wheel.sh makes it)
-and stand-in binary dependencies with manylinux tags, uncompressed for speed. It then reads the package back with dpkg-deb: control
-fields, conffiles, files and owners, the maintainer scripts (syntax, and that
-nothing they remove is spill data), and the unit (`systemd-analyze verify`
-where available). The wheelhouse fetch and a real install are what
+and stand-in binary dependencies with manylinux tags, uncompressed for speed.
+It then reads the package back with dpkg-deb: control fields, conffiles, files
+and owners, the maintainer scripts (syntax, and that nothing they remove is
+spill data), and the unit (`systemd-analyze verify` where available). The
+wheelhouse fetch, the compiled build and a real install are what
 packaging/arm-smoke.sh does; this stays fast and offline.
 """
 
