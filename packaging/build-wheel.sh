@@ -65,6 +65,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# One build per root at a time: a second one would mount /proc over the first's
+# and delete its source copy. The lock lives beside the root, not in it.
+mkdir -p "$cache"
+exec 9>"$build.lock"
+flock -n 9 || die "another build-wheel.sh is using $build (lock $build.lock)"
+
 t0=$(date +%s)
 # -- the build root (cached) ------------------------------------------------------
 if [ ! -f "$build/.build-root-ok" ]; then
