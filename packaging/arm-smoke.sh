@@ -7,7 +7,9 @@
 # the Debian mirror for debootstrap and the package's dependencies) and a few
 # minutes. What it does, in order:
 #   1. checks that the kernel runs aarch64 binaries (binfmt_misc + qemu-user-static)
-#   2. packaging/fetch-wheels.sh + build-deb.sh --arch arm64
+#   2. packaging/fetch-wheels.sh + build-deb.sh --arch arm64; the agent's wheel
+#      carries the compiled ingest core, built in a bookworm arm64 root under
+#      the same emulation (build-wheel.sh; its root is cached beside ours)
 #   3. a minimal bookworm root: debootstrap --foreign, then --second-stage
 #      inside it under emulation (cached in $SMOKE_CACHE, reused next time)
 #   4. a throw-away copy of it: dpkg -i the .deb (fails on the missing python3.11:
@@ -18,11 +20,21 @@
 #      systemd (NOTIFY_SOCKET unset), on a loopback config (ipc:// + HTTP on
 #      127.0.0.1:0), then packaging/smoke_client.py with the agent's own venv
 #      python: events in = events out, headers, rejected frames, the endpoint
+#      and which ingest core runs: it must be the compiled one (below)
 #   6. idle RSS and CPU of the agent over 10 s; installed size
 #   7. stop/start with events parked in the spill files: none lost
 #
 # Usage (as root): packaging/arm-smoke.sh [--arch arm64|amd64] [--events N]
+#                      [--agent-wheel compiled|pure]
 #   --arch amd64 runs the same steps natively: the real (non-emulated) RSS/CPU.
+#   --agent-wheel pure packages the agent without its compiled ingest core
+#            (fetch-wheels.sh); the run then expects the Python path instead.
+# The ingest core that runs is read, in this order, from the agent's start-up
+# log line ("ingest path compiled (...; burst reader compiled)"), from the
+# endpoint's agent.ingest_path, or, when the running agent reports neither (an
+# agent older than issue 10's loop integration), from agent.fastpath.ACTIVE
+# imported by the venv's python as the edge-agent user (what the agent would
+# pick). Anything but the expected core fails the run.
 # Environment: SMOKE_SRC (the source tree the agent wheel is built from;
 # default this checkout), MIRROR (default: the first URIs: of this host's Debian apt
 # sources), SMOKE_CACHE (default /var/tmp/edge-agent-smoke), KEEP_ROOT=1 keeps
@@ -32,7 +44,11 @@
 set -eu -o pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+prog=arm-smoke
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$here/lib.sh"
 arch=arm64
+agent_wheel=compiled
 suite=bookworm
 pyver=3.11
 events=20000
@@ -46,13 +62,19 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --arch) arch=${2:?}; shift 2 ;;
         --events) events=${2:?}; shift 2 ;;
+        --agent-wheel) agent_wheel=${2:?}; shift 2 ;;
         *) die "unknown argument: $1" ;;
     esac
 done
 case "$arch" in
-    arm64) qemu_name=qemu-aarch64 ;;
+    arm64) qemu_name="qemu-aarch64" ;;
     amd64) qemu_name="" ;;
     *) die "--arch must be arm64 or amd64" ;;
+esac
+case "$agent_wheel" in
+    compiled) expect_core=compiled ;;
+    pure) expect_core=python ;;
+    *) die "--agent-wheel must be compiled or pure" ;;
 esac
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot and mount need it)"
 
@@ -89,49 +111,22 @@ date -u '+%Y-%m-%d %H:%M:%S UTC'
 # -- 1. emulation ------------------------------------------------------------------
 if [ -n "$qemu_name" ] && [ "$(uname -m)" != aarch64 ]; then
     step "1. binfmt_misc: can this kernel run aarch64 binaries?"
-    command -v qemu-aarch64-static >/dev/null ||
-        die "qemu-aarch64-static missing: apt-get install qemu-user-static binfmt-support"
-    if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
-        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc ||
-            die "cannot mount binfmt_misc on /proc/sys/fs/binfmt_misc (no privilege in this sandbox?)"
-    fi
-    if ! grep -qx enabled "/proc/sys/fs/binfmt_misc/$qemu_name" 2>/dev/null; then
-        update-binfmts --enable "$qemu_name" ||
-            die "cannot register $qemu_name with binfmt_misc (write to /proc/sys/fs/binfmt_misc/register refused?)"
-    fi
-    # Flag F: the kernel opened the interpreter at registration, so it works
-    # inside the chroot without copying qemu into it.
+    why=$(can_run_arch "$arch" 2>&1) || die "$why"
     sed 's/^/  /' "/proc/sys/fs/binfmt_misc/$qemu_name"
 fi
 
 # -- 2. the package ------------------------------------------------------------------
 step "2. build the $arch package (fetch-wheels.sh, then build-deb.sh offline)"
-"$here/fetch-wheels.sh" --arch "$arch" --pyver "$pyver" --src "${SMOKE_SRC:-$(dirname "$here")}"
+SMOKE_CACHE=$cache "$here/fetch-wheels.sh" --arch "$arch" --pyver "$pyver" \
+    --agent-wheel "$agent_wheel" --src "${SMOKE_SRC:-$(dirname "$here")}"
 deb=$("$here/build-deb.sh" --arch "$arch" --pyver "$pyver")
 ls -l "$deb"
 dpkg-deb --field "$deb" Package Version Architecture Depends Installed-Size | sed 's/^/  /'
 
 # -- 3. the Debian root ----------------------------------------------------------------
-if [ -z "${MIRROR:-}" ]; then
-    MIRROR=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    [ -n "$MIRROR" ] || MIRROR=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    [ -n "$MIRROR" ] || die "no Debian mirror in this host's apt sources: set MIRROR"
-fi
 if [ ! -f "$base/.smoke-base-ok" ]; then
     step "3. debootstrap a minimal $suite $arch root into $base (cached for next time)"
-    rm -rf "$base"
-    mkdir -p "$cache"
-    debootstrap --arch="$arch" --foreign --variant=minbase "$suite" "$base" "$MIRROR" >/dev/null
-    # The second stage runs the target's own dpkg and maintainer scripts:
-    # for arm64 this is the first thing that runs under emulation.
-    chroot "$base" /debootstrap/debootstrap --second-stage >/dev/null
-    # The same suites (updates, security) as this host, when it has them in
-    # deb822 form; they name no architecture.
-    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-        cp /etc/apt/sources.list.d/debian.sources "$base/etc/apt/sources.list.d/"
-        rm -f "$base/etc/apt/sources.list"
-    fi
-    touch "$base/.smoke-base-ok"
+    bootstrap_root "$base" "$arch" "$suite"
 else
     step "3. reusing the $suite $arch root in $base"
 fi
@@ -240,8 +235,53 @@ stop_agent() {
 client() { in_root /opt/edge-agent/venv/bin/python /tmp/smoke_client.py "$@" \
     --ingest ipc:///run/edge-agent/in --upstream ipc:///run/edge-agent/out --url "$url"; }
 
+# Which ingest core runs (see the header): the log line, else the endpoint,
+# else what the venv's python imports as the service's user. Sets $core and
+# $core_from; fails the run unless it is $expect_core.
+core=""
+core_from=""
+check_ingest_core() {
+    local line reader
+    line=$(grep -E 'ingest path (compiled|python)' "$agent_log" | tail -n 1 || true)
+    if [ -n "$line" ]; then
+        core=$(printf '%s\n' "$line" | sed -n 's/.*ingest path \(compiled\|python\).*/\1/p')
+        reader=$(printf '%s\n' "$line" | sed -n 's/.*burst reader \([a-z/]*\).*/\1/p')
+        core_from="the start-up log line (burst reader ${reader:-?})"
+        echo "  log: ${line#*agent.loop: }"
+        # A compiled scanner with a Python burst reader (libzmq's functions not
+        # found in this process) is half the speed-up: not the compiled path.
+        case "$reader" in *python*) [ "$expect_core" = python ] || core="compiled scanner, python burst reader" ;; esac
+    else
+        core=$(in_root /opt/edge-agent/venv/bin/python -c 'import json, sys, urllib.request
+doc = json.load(urllib.request.urlopen(sys.argv[1] + "/api/v1/gateway/backpressure", timeout=30))
+print(doc.get("agent", {}).get("ingest_path", ""))' "$url") || die "GET $url/api/v1/gateway/backpressure failed"
+        core_from="the endpoint's agent.ingest_path"
+    fi
+    if [ -z "$core" ]; then
+        # This agent does not report it yet: ask the installed code itself, as
+        # the service's user, with a PULL socket as the loop would make one.
+        core=$(chroot --userspec="$uid:$gid" "$root" /usr/bin/env -i PATH=/usr/bin:/bin \
+            HOME=/var/lib/edge-agent LC_ALL=C.UTF-8 /opt/edge-agent/venv/bin/python -c '
+import sys
+import zmq
+import agent.fastpath as f
+s = zmq.Context.instance().socket(zmq.PULL)
+kind = f.make_burst_reader(s).kind
+s.close(0)
+print(f.ACTIVE if kind == f.ACTIVE else f.ACTIVE + " scanner, " + kind + " burst reader")
+print("  fastpath:", f.describe(), file=sys.stderr)') ||
+            die "the venv cannot import agent.fastpath"
+        core_from="agent.fastpath.ACTIVE in the venv, as edge-agent (the running agent does not report it yet)"
+    fi
+    echo "  ingest core: $core (from $core_from)"
+    [ "$core" = "$expect_core" ] ||
+        die "the agent runs the '$core' ingest path, not the $expect_core one (--agent-wheel $agent_wheel)"
+}
+
 start_agent
 ps -o pid,user,args -p "$agent_pid" | sed 's/^/  /'
+echo "-- which ingest core runs (expected: $expect_core)"
+check_ingest_core
 
 step "6. events in = events out: $events events of four classes + 3 bad frames"
 result=$(client roundtrip --events "$events") || { echo "$result"; die "roundtrip failed"; }
@@ -284,6 +324,7 @@ stop_agent
 
 step "summary ($arch)"
 echo "  PASS: installed from the .deb, $events events in = out, $parked parked events survived a restart"
+echo "  ingest core: $core (from $core_from)"
 echo "  installed size: Installed-Size $installed_kib KiB; /opt/edge-agent with the venv $opt_kib KiB"
 echo "  idle: RSS $((rss / 1024)) MiB, CPU ${cpu}% ($note)"
 echo "  total time $SECONDS s"

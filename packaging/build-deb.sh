@@ -60,9 +60,46 @@ version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' "$top/agent/__init__.py")
 upstream=$(printf '%s' "$version" | sed 's/\(a\|b\|rc\|\.dev\)\([0-9]\)/~\1\2/')
 deb_version="$upstream-$revision"
 
+# -- the agent's own wheel: compiled for this target, or pure ----------------------
+# Compiled (build-wheel.sh): cpXY-cpXY-linux_MACHINE, built in the target's
+# Debian root, holding the extension for this CPU and CPython. Pure: py3-none-any
+# with no extension at all. Anything else (the other architecture's extension,
+# a "pure" wheel with a build machine's .so inside) would fail or fall back to
+# Python only on the gateway, so it fails here.
+agent_whl=""
+for whl in "$wheelhouse"/edge_agent-*.whl; do
+    [ -f "$whl" ] || continue
+    [ -z "$agent_whl" ] || die "$wheelhouse has more than one edge_agent wheel: $(basename "$agent_whl"), $(basename "$whl")"
+    agent_whl=$whl
+done
+[ -n "$agent_whl" ] || die "$wheelhouse has no edge_agent-$version wheel (the agent's own wheel)"
+agent_name=$(basename "$agent_whl")
+# The wheel's file list; python3 because it is on every machine that builds wheels.
+members=$(python3 -c 'import sys, zipfile; print("\n".join(zipfile.ZipFile(sys.argv[1]).namelist()))' \
+    "$agent_whl") || die "$agent_name: not a readable wheel (zip)"
+so="agent/_speedups.cpython-$cpyver-$machine-linux-gnu.so"
+agent_tags=${agent_name#"edge_agent-$version-"}
+agent_tags=${agent_tags%.whl}
+case "$agent_tags" in
+    py3-none-any)
+        case "$members" in
+            *.so*) die "$agent_name: a pure wheel with a compiled file inside: $(printf '%s\n' "$members" | grep -F .so | head -n 1)" ;;
+        esac
+        agent_core="pure-Python ingest path (no compiled core in the agent's wheel)"
+        ;;
+    "cp$cpyver-cp$cpyver-linux_$machine")
+        printf '%s\n' "$members" | grep -qxF "$so" || die "$agent_name has no $so"
+        agent_core="compiled ingest core ($so)"
+        ;;
+    *-linux_*)
+        die "$agent_name: the agent's compiled wheel is built for ${agent_tags%%-linux_*} on ${agent_tags##*-linux_}, not for cp$cpyver on $arch ($machine)"
+        ;;
+    *)
+        die "$agent_name: the agent's wheel must be edge_agent-$version-py3-none-any.whl (pure) or edge_agent-$version-cp$cpyver-cp$cpyver-linux_$machine.whl (compiled for $arch)"
+        ;;
+esac
+
 # -- check the wheelhouse: every wheel must run on the target ------------------
-[ -f "$wheelhouse/edge_agent-$version-py3-none-any.whl" ] ||
-    die "$wheelhouse has no edge_agent-$version-py3-none-any.whl (the agent's own wheel)"
 min_glibc=17
 count=0
 for whl in "$wheelhouse"/*.whl; do
@@ -84,6 +121,9 @@ for whl in "$wheelhouse"/*.whl; do
     esac
     case "$plat" in
         any) ;;
+        # Only our own wheel, checked above, may be tagged linux_: a local build
+        # in the target's root, which needs no newer glibc than the target's.
+        "linux_$machine") [ "$whl" = "$agent_whl" ] || die "$name: platform $plat is not a manylinux tag" ;;
         *"_$machine"*)
             # The oldest glibc any of its tags needs (a wheel tagged
             # manylinux_2_17.manylinux_2_28 runs on 2.17): the package must
@@ -168,4 +208,5 @@ deb="$out/edge-agent_${deb_version}_$arch.deb"
 dpkg-deb --root-owner-group -Z"$compress" --build "$tree" "$deb" >/dev/null
 printf 'build-deb: %s wheels, %s KiB, libc6 >= 2.%s, python%s\n' \
     "$count" "$size_kib" "$min_glibc" "$pyver" >&2
+printf 'build-deb: %s: %s\n' "$agent_name" "$agent_core" >&2
 printf '%s\n' "$deb"

@@ -1,12 +1,14 @@
 """The Debian package (packaging/build-deb.sh) and its systemd unit, without the network.
 
 Each test builds a real .deb with the same script a release uses, from a local
-wheelhouse in tmp_path: a stand-in for the agent's own wheel (the file name is
-what the build checks) and a stand-in binary dependency with a manylinux tag,
-uncompressed for speed. It then reads the package back with dpkg-deb: control
-fields, conffiles, files and owners, the maintainer scripts (syntax, and that
-nothing they remove is spill data), and the unit (`systemd-analyze verify`
-where available). The wheelhouse fetch and a real install are what
+wheelhouse in tmp_path: a stand-in for the agent's own wheel (its name and file
+list are what the build checks: pure py3-none-any, or cp311-cp311-linux_MACHINE
+with the compiled ingest core for that CPU, as packaging/build-wheel.sh makes it)
+and stand-in binary dependencies with manylinux tags, uncompressed for speed.
+It then reads the package back with dpkg-deb: control fields, conffiles, files
+and owners, the maintainer scripts (syntax, and that nothing they remove is
+spill data), and the unit (`systemd-analyze verify` where available). The
+wheelhouse fetch, the compiled build and a real install are what
 packaging/arm-smoke.sh does; this stays fast and offline.
 """
 
@@ -37,19 +39,41 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def fake_wheel(path: Path) -> Path:
-    """A zip with a wheel's name and a METADATA file: build-deb.sh checks
-    names and tags and copies files, it never installs them."""
+def fake_wheel(path: Path, *members: str) -> Path:
+    """A zip with a wheel's name, a METADATA file and empty `members`: build-deb.sh
+    checks names, tags and the agent wheel's file list, it never installs them."""
     name, version = path.name.split("-")[:2]
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(f"{name}-{version}.dist-info/METADATA", f"Name: {name}\nVersion: {version}\n")
+        if name == "edge_agent":
+            z.writestr("agent/__init__.py", "")
+        for member in members:
+            z.writestr(member, b"")
     return path
 
 
-def wheelhouse(tmp: Path, arch: str, *extra: str) -> Path:
+def speedups(machine: str, cpyver: str = "311") -> str:
+    """The compiled ingest core's path in a wheel built for `machine`."""
+    return f"agent/_speedups.cpython-{cpyver}-{machine}-linux-gnu.so"
+
+
+def compiled_agent_wheel(machine: str, cpyver: str = "311") -> str:
+    """The name build-wheel.sh's wheel has (pip wheel in the target's root)."""
+    return f"edge_agent-{agent.__version__}-cp{cpyver}-cp{cpyver}-linux_{machine}.whl"
+
+
+PURE_AGENT_WHEEL = f"edge_agent-{agent.__version__}-py3-none-any.whl"
+
+
+def wheelhouse(tmp: Path, arch: str, *extra: str, agent_wheel: str | None = None) -> Path:
+    """A wheelhouse for `arch`; the agent's wheel is pure unless `agent_wheel`
+    names another (a compiled one gets the extension its name promises)."""
     wh = tmp / f"wheelhouse-{arch}"
     wh.mkdir()
-    fake_wheel(wh / f"edge_agent-{agent.__version__}-py3-none-any.whl")
+    name = agent_wheel or PURE_AGENT_WHEEL
+    tags = name.removesuffix(".whl").split("-")
+    compiled = tags[-1].startswith("linux_")
+    fake_wheel(wh / name, *([speedups(tags[-1].removeprefix("linux_"))] if compiled else []))
     # Like pyzmq's: two tags, the older one decides the glibc floor (2.26).
     m = MACHINE[arch]
     fake_wheel(wh / f"fakezmq-27.0-cp311-cp311-manylinux_2_26_{m}.manylinux_2_28_{m}.whl")
@@ -172,10 +196,93 @@ def test_a_wheel_for_another_target_fails_the_build(
 
 def test_the_agents_own_wheel_is_required(tmp_path: Path) -> None:
     wh = wheelhouse(tmp_path, "amd64")
-    (wh / f"edge_agent-{agent.__version__}-py3-none-any.whl").unlink()
+    (wh / PURE_AGENT_WHEEL).unlink()
     done = build(tmp_path, "amd64", wh)
     assert done.returncode == 2
     assert "edge_agent" in done.stderr
+
+
+# -- the agent's compiled ingest core (issue 10) -------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["arm64", "amd64"])
+def test_a_compiled_agent_wheel_for_the_target_is_packaged(tmp_path: Path, arch: str) -> None:
+    """What build-wheel.sh makes in the target's root: cp311-cp311-linux_MACHINE."""
+    name = compiled_agent_wheel(MACHINE[arch])
+    done = build(tmp_path, arch, wheelhouse(tmp_path, arch, agent_wheel=name))
+    assert done.returncode == 0, done.stderr
+    assert f"{name}: compiled ingest core ({speedups(MACHINE[arch])})" in done.stderr
+    pkg = Package(Path(done.stdout.strip().splitlines()[-1]), tmp_path)
+    assert pkg.fields["Architecture"] == arch
+    assert f"/opt/edge-agent/wheels/{name}" in pkg.paths()
+    pins = (pkg.files / "opt/edge-agent/wheels/requirements.txt").read_text()
+    assert f"edge_agent=={agent.__version__} --hash=sha256:" in pins
+    # Our linux_ wheel does not lower or raise the floor the manylinux ones set.
+    assert "libc6 (>= 2.26)" in pkg.fields["Depends"]
+
+
+def test_a_pure_agent_wheel_says_the_package_runs_python(tmp_path: Path) -> None:
+    done = build(tmp_path, "arm64", wheelhouse(tmp_path, "arm64"))
+    assert done.returncode == 0, done.stderr
+    assert "pure-Python ingest path" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("arch", "agent_wheel", "members", "complaint"),
+    [
+        # This build machine's extension in the arm64 package: the gateway
+        # would silently run the Python path (or not start).
+        ("arm64", compiled_agent_wheel("x86_64"), (), "on x86_64, not for cp311 on arm64"),
+        ("amd64", compiled_agent_wheel("aarch64"), (), "on aarch64, not for cp311 on amd64"),
+        # Right tag, wrong contents: the extension inside is another CPU's.
+        (
+            "arm64",
+            compiled_agent_wheel("aarch64"),
+            (speedups("x86_64"),),
+            "has no " + speedups("aarch64"),
+        ),
+        ("amd64", compiled_agent_wheel("x86_64", "312"), (), "built for cp312-cp312 on x86_64"),
+        (
+            "amd64",
+            f"edge_agent-{agent.__version__}-cp311-abi3-manylinux_2_17_x86_64.whl",
+            (),
+            "must be",
+        ),
+        # A "pure" wheel with a compiled file in it (a host build's leftover).
+        ("arm64", PURE_AGENT_WHEEL, (speedups("x86_64"),), "a pure wheel with a compiled file"),
+    ],
+)
+def test_a_wrong_agent_wheel_fails_the_build(
+    tmp_path: Path, arch: str, agent_wheel: str, members: tuple[str, ...], complaint: str
+) -> None:
+    wh = wheelhouse(tmp_path, arch)
+    (wh / PURE_AGENT_WHEEL).unlink()
+    fake_wheel(wh / agent_wheel, *members)
+    done = build(tmp_path, arch, wh)
+    assert done.returncode == 2, done.stderr
+    assert complaint in done.stderr
+    assert not list((tmp_path / "out").glob("*.deb"))
+
+
+def test_two_agent_wheels_fail_the_build(tmp_path: Path) -> None:
+    """A compiled wheel beside a leftover pure one: which would pip install?"""
+    name = compiled_agent_wheel("aarch64")
+    done = build(tmp_path, "arm64", wheelhouse(tmp_path, "arm64", agent_wheel=name))
+    assert done.returncode == 0, done.stderr
+    wh = tmp_path / "wheelhouse-arm64"
+    fake_wheel(wh / PURE_AGENT_WHEEL)
+    done = build(tmp_path, "arm64", wh)
+    assert done.returncode == 2
+    assert "more than one edge_agent wheel" in done.stderr
+
+
+def test_only_the_agents_wheel_may_be_a_local_linux_build(tmp_path: Path) -> None:
+    """PyPI refuses linux_ wheels: a dependency tagged so was built somewhere unknown."""
+    done = build(
+        tmp_path, "arm64", wheelhouse(tmp_path, "arm64", "odd-1.0-cp311-cp311-linux_aarch64.whl")
+    )
+    assert done.returncode == 2
+    assert "not a manylinux tag" in done.stderr
 
 
 # -- files -------------------------------------------------------------------------
@@ -356,3 +463,26 @@ def test_unit_verifies(amd64: Package, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     ours = [line for line in done.stderr.splitlines() if "edge-agent.service" in line]
     assert not ours, ours
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "complaint"),
+    [
+        ("fetch-wheels.sh", ["--agent-wheel", "fast"], "--agent-wheel must be compiled or pure"),
+        ("build-wheel.sh", [], "--dest is required"),
+        ("build-wheel.sh", ["--dest", "{tmp}", "--pyver", "three"], "--pyver must look like"),
+    ],
+)
+def test_wheel_scripts_refuse_bad_arguments_before_any_work(
+    tmp_path: Path, script: str, args: list[str], complaint: str
+) -> None:
+    """Checked before the network, the build root or root privileges are needed."""
+    done = subprocess.run(
+        [str(PACKAGING / script), "--arch", "arm64", *(a.format(tmp=tmp_path) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert complaint in done.stderr
+    assert not list(tmp_path.iterdir())
