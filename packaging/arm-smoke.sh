@@ -190,6 +190,7 @@ cat > "$root/etc/edge-agent/smoke.toml" <<'EOF'
 id = "arm-smoke"
 [ingest]
 bind = ["ipc:///run/edge-agent/in"]
+priority_bind = ["ipc:///run/edge-agent/lane"]
 [upstream]
 bind = ["ipc:///run/edge-agent/out"]
 [spill]
@@ -233,7 +234,8 @@ stop_agent() {
     [ "$rc" = 0 ] || die "the agent exited $rc on SIGTERM"
 }
 client() { in_root /opt/edge-agent/venv/bin/python /tmp/smoke_client.py "$@" \
-    --ingest ipc:///run/edge-agent/in --upstream ipc:///run/edge-agent/out --url "$url"; }
+    --ingest ipc:///run/edge-agent/in --lane ipc:///run/edge-agent/lane \
+    --upstream ipc:///run/edge-agent/out --url "$url"; }
 
 # Which ingest core runs (see the header): the log line, else the endpoint,
 # else what the venv's python imports as the service's user. Sets $core and

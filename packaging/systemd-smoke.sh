@@ -109,7 +109,8 @@ echo "  MainPID $pid: $(in_ct grep -E '^(NoNewPrivs|Seccomp|CapEff):' "/proc/$pi
 in_ct systemd-analyze security edge-agent 2>/dev/null | tail -n 1 | sed 's/^/  /'
 
 client() { in_ct /opt/edge-agent/venv/bin/python /root/smoke_client.py "$@" --agent-id "$(in_ct hostname)" \
-    --ingest tcp://127.0.0.1:5557 --upstream tcp://127.0.0.1:5558 --url http://127.0.0.1:8080; }
+    --ingest tcp://127.0.0.1:5557 --lane tcp://127.0.0.1:5559 --upstream tcp://127.0.0.1:5558 \
+    --url http://127.0.0.1:8080; }
 
 step "4. events in = events out under the hardened unit"
 client roundtrip --events 20000 | sed 's/^/  /'
