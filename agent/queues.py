@@ -155,10 +155,13 @@ class ChunkPool:
         else:
             chunk.close()
 
-    def trim(self, keep_bytes: int = 0) -> int:
-        """Release pooled chunks until at most `keep_bytes` stay pooled; returns bytes freed."""
+    def trim(self, keep_bytes: int = 0, max_bytes: int | None = None) -> int:
+        """Release pooled chunks until at most `keep_bytes` stay pooled, or
+        `max_bytes` were released in this call; returns bytes freed."""
         freed = 0
         while self._pool and self.pooled_bytes > keep_bytes:
+            if max_bytes is not None and freed >= max_bytes:
+                break
             self._pool.pop().close()
             freed += self.chunk_bytes
         return freed

@@ -635,3 +635,19 @@ def test_push_many_of_nothing_allocates_nothing(n_events: int) -> None:
     q.push_many([b"z"] * n_events)
     assert qs.pool.in_use_bytes == (64 if n_events else 0)
     assert q.events == n_events
+
+
+def test_trim_in_bounded_steps_returns_exactly_down_to_keep() -> None:
+    # The loop trims a shrink in steps, so no single turn unmaps hundreds of
+    # MiB (~0.23 ms per MiB measured): each call frees at most max_bytes.
+    pool = ChunkPool()
+    chunks = [pool.get(CHUNK_BYTES) for _ in range(10)]
+    for c in chunks:
+        pool.put(c)
+    assert pool.pooled_bytes == 10 * CHUNK_BYTES
+    steps = []
+    while pool.pooled_bytes > 3 * CHUNK_BYTES:
+        steps.append(pool.trim(3 * CHUNK_BYTES, max_bytes=2 * CHUNK_BYTES))
+    assert steps == [2 * CHUNK_BYTES] * 3 + [CHUNK_BYTES]
+    assert pool.pooled_bytes == 3 * CHUNK_BYTES
+    assert pool.trim(3 * CHUNK_BYTES, max_bytes=2 * CHUNK_BYTES) == 0
