@@ -201,6 +201,10 @@ class BufferPressure:
                 batch = self.store.read_next(cls)
                 if batch is None:
                     break
+                if not batch.count:
+                    # Every piece of it was damaged (counted by the store).
+                    self.store.release_read(cls)
+                    continue
                 q.push_recovered(batch.blob, batch.ends, token=True)
                 self.telemetry.recovered(cls, batch.count)
                 self.governor.drained(now)

@@ -78,7 +78,7 @@ def test_bad_batches_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError):
         store.push_back(1, b"abc", [4])  # ends beyond the blob
     with pytest.raises(ValueError):
-        store.push_back(1, bytes(store.max_batch_bytes(1)), [store.max_batch_bytes(1)])
+        store.push_back(1, bytes(2 * store.max_batch_bytes(1)), [2 * store.max_batch_bytes(1)])
     store.close()
 
 

@@ -12,6 +12,9 @@ Promises:
   SIGBUS, which Python cannot catch; posix_fallocate fails with ENOSPC up front).
 - Every failure is a SpillError naming the path (and the sizes when space is
   the problem); no file descriptor is left open, whatever fails.
+- No open follows a symlink (O_NOFOLLOW) or blocks on a FIFO (O_NONBLOCK), and
+  only regular files are used: whoever could plant a link in the spill dir
+  cannot make the agent truncate or overwrite another file (issue 13).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -37,14 +41,37 @@ class SpillError(Exception):
 def _open(path: str, flags: int, what: str) -> Iterator[int]:
     """A file descriptor of `path`, closed on the way out; `what` names the step in
     the error ("open", "reopen")."""
-    try:
-        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise SpillError(f"spill ring {path}: cannot {what}: {exc.strerror}") from exc
+    fd = open_private(path, flags, f"spill ring {path}: cannot {what}")
     try:
         yield fd
     finally:
         os.close(fd)
+
+
+# Every open of a file in the spill dir: never through a symlink, never blocking
+# on a FIFO (O_NONBLOCK means nothing for a regular file).
+SAFE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_private(path: str, flags: int, context: str, mode: int = 0o600) -> int:
+    """A descriptor of the regular file `path`, opened without following a
+    symlink; SpillError starting with `context` otherwise (a symlink, a FIFO, a
+    directory, or any OS error). Created with `mode` when O_CREAT is given."""
+    try:
+        fd = os.open(path, flags | SAFE_FLAGS, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpillError(f"{context}: it is a symlink (refused)") from exc
+        raise SpillError(f"{context}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise SpillError(f"{context}: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise SpillError(f"{context}: not a regular file (refused)")
+    return fd
 
 
 def available_bytes(path: str) -> int | None:
@@ -137,7 +164,10 @@ def zero_fill(path: str, start: int, end: int) -> None:
 def fsync_dir(path: str) -> None:
     """Make a new file's directory entry durable (once, at creation)."""
     try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(
+            os.path.dirname(os.path.abspath(path)),
+            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+        )
     except OSError as exc:
         raise SpillError(f"spill ring {path}: cannot open its directory: {exc.strerror}") from exc
     try:

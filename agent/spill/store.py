@@ -1,19 +1,37 @@
 """The spill rings of all four event classes under one directory.
 
-This module owns the spill directory: creating it (mode 0700), the exclusive
-lock on it, the split of `[spill] max_bytes` across the classes, the check that
-the disk can hold that much before anything is allocated, and the batch payload
-encoding. One ring is `ring.py`'s (`SpillRing`); its on-disk format `format.py`'s,
-its recovery `recover.py`'s, its file mechanics `ringfile.py`'s.
+This module owns the spill directory: creating it (mode 0700), checking it
+(owned by the agent's user, not writable by group or others), the exclusive lock
+on it, the installation's checksum secret (file `seed`), the conversion of
+version-1 ring files, the split of `[spill] max_bytes` across the classes, the
+check that the disk can hold that much before anything is allocated, and the
+batch payload encoding. One ring is `ring.py`'s (`SpillRing`); its on-disk
+format `format.py`'s, its recovery `recover.py`'s, its file mechanics
+`ringfile.py`'s.
 
-Batch payload (one in-memory chunk = one ring record)::
+Batch payload (one in-memory chunk = one run of pieces, format.py)::
 
-    ends  count x u32 little-endian: cumulative end offset of each event in blob
-    blob  the events' bytes, back to back, exactly as received
+    each piece: base  u32: the run offset where the piece's first event starts
+                ends  count x u32 little-endian: cumulative end offset of each
+                      event, relative to the run's start
+                blob  the events' bytes, back to back, exactly as received
 
-The count is the record's own count field, so the payload carries nothing else;
-both parts are copied once into the mapping on the way in and once out of it on
-the way back (no intermediate concatenation).
+An intact run reads back as the chunk's own ends array and blob (no rebasing);
+a run that lost pieces to damage is rebased piece by piece from `base`.
+
+The spill dir as possibly hostile (issue 13): it must be a directory owned by
+the agent's user and not writable by group or others, or the open fails naming
+it and what is wrong (created 0700 when missing). Every file in it is opened
+without following symlinks and must be a regular file; `epoch.tmp` is created
+exclusively. Checksums are seeded from a random secret created exclusively (0600)
+in the dir at the first start: records planted by someone who cannot read it
+fail their checksums.
+
+Version 1 ring files (fixed seeds, one record per chunk) are converted at the
+open, never discarded: the old file is renamed `<ring>.v1`, a new ring is
+created, every record found in the old one is written into it as a run, then
+the old file is deleted. A conversion cut short (crash, full disk) starts over
+from the `.v1` file at the next open.
 
 Promises:
 - One agent per directory: a second `SpillStore.open` on a locked directory
@@ -38,15 +56,34 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import logging
+import mmap
 import os
+import stat
 import sys
 import weakref
 from array import array
 from collections.abc import Sequence
 
 from agent.classes import CLASS_NAMES
-from agent.spill.format import DATA_OFFSET, Buffer
-from agent.spill.ring import RingStats, SpillError, SpillRing
+from agent.spill.format import (
+    DATA_OFFSET,
+    FIXED_SEEDS,
+    FORMAT_V1,
+    PIECE_PREFIX,
+    REC_HDR,
+    SECRET_BYTES,
+    Buffer,
+    Seeds,
+    choose_slot,
+    piece_bounds,
+    seeds_from_secret,
+)
+from agent.spill.recover import recover
+from agent.spill.ring import Piece, RingStats, SpillError, SpillRing
+from agent.spill.ringfile import fsync_dir, open_private, read_head
+
+log = logging.getLogger("agent.spill")
 
 # Shares of max_bytes, in eighths, indexed by class (critical, high, normal, low).
 # Critical is ~1% of a brownout's events and drained first: 1/8 of the default
@@ -63,6 +100,8 @@ _PAGE = 4096
 _ENDS_ITEM = 4  # bytes per event in the ends array (u32)
 _LITTLE = sys.byteorder == "little"
 LOCK_NAME = "LOCK"
+SEED_NAME = "seed"
+V1_SUFFIX = ".v1"
 
 
 def ring_file_name(class_index: int) -> str:
@@ -99,9 +138,13 @@ class ClassSpillStats:
     resumed_events: int  # found on disk at open, left by the previous run
     file_bytes: int
     free_bytes: int
-    corrupt_records: int  # found missing or damaged at open
+    corrupt_records: int  # pieces found missing or damaged (at open or read back)
     torn_header_slots: int
     header_lost: bool
+    corrupt_events: int = 0  # events of damaged pieces whose header survived
+    corrupt_bytes: int = 0  # bytes skipped over damage
+    written_through_events: int = 0  # pushed while also held in memory (write-through)
+    converted_events: int = 0  # found in a version-1 file at open and carried over
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +162,9 @@ class SpillStoreStats:
     file_bytes: int
     corrupt_records: int
     flushes: int  # store flushes that had something to msync
+    corrupt_events: int = 0
+    corrupt_bytes: int = 0
+    written_through_events: int = 0
 
 
 class SpillStore:
@@ -138,12 +184,16 @@ class SpillStore:
     moment it costs only what was still in memory (the ring's promises).
     """
 
-    def __init__(self, dir: str, rings: list[SpillRing], lock_fd: int) -> None:
+    def __init__(
+        self, dir: str, rings: list[SpillRing], lock_fd: int, converted: Sequence[int] = ()
+    ) -> None:
         self.dir = dir
         self._rings = rings
         self._spilled = [0] * len(rings)
         self._recovered = [0] * len(rings)
         self._dropped = [0] * len(rings)
+        self._written_through = [0] * len(rings)
+        self._converted = list(converted) or [0] * len(rings)
         self._flushes = 0
         self._closed = False
         # Releases the lock if the store is dropped without close() (tests that
@@ -161,30 +211,39 @@ class SpillStore:
         Recovering a full 512 MiB ring takes ~0.2-0.6 s (bench/bench_spill.py)."""
         sizes = ring_sizes(max_bytes)
         _make_private_dir(dir)
+        check_private_dir(dir)
         lock_fd = _lock_dir(dir)
         rings: list[SpillRing] = []
+        converted: list[int] = []
         try:
             paths = [os.path.join(dir, ring_file_name(c)) for c in range(len(sizes))]
             _check_space(dir, paths, sizes, max_bytes)
+            seeds = _load_seeds(dir, paths)
             for c, (path, size) in enumerate(zip(paths, sizes, strict=True)):
-                rings.append(SpillRing.open(path, size, c))
+                ring, moved = _open_ring(path, size, c, seeds)
+                rings.append(ring)
+                converted.append(moved)
+                _log_damage(ring)
         except BaseException:
             for ring in rings:
                 ring.close()
             os.close(lock_fd)
             raise
-        return cls(dir, rings, lock_fd)
+        return cls(dir, rings, lock_fd, converted)
 
     # ------------------------------------------------------------- writing
 
     def max_batch_bytes(self, cls: int) -> int:
-        """The largest blob + 4 bytes per event one batch of this class may carry."""
-        return self._rings[cls].max_payload_bytes
+        """The largest blob + 4 bytes per event one batch of this class may carry
+        (what is left of a run's largest span after its pieces' headers and
+        prefixes, counted for pieces as small as half of PIECE_BYTES)."""
+        span = self._rings[cls].max_span_bytes
+        return span * 2048 // (2048 + REC_HDR + PIECE_PREFIX + 8)
 
     def push_back(self, cls: int, blob: Buffer, ends: Sequence[int]) -> bool:
         """Spill a batch behind everything the class has on disk. False: no room."""
-        parts, count = _encode(blob, ends)
-        if not self._rings[cls].push_back_parts(parts, count):
+        pieces, count = _encode(blob, ends)
+        if not self._rings[cls].push_back_run(pieces):
             return False
         self._spilled[cls] += count
         return True
@@ -192,31 +251,49 @@ class SpillStore:
     def push_front(self, cls: int, blob: Buffer, ends: Sequence[int]) -> bool:
         """Spill a batch ahead of everything the class has on disk (SIGTERM, newest
         first). Only while nothing of the class is read but unreleased. False: no room."""
-        parts, count = _encode(blob, ends)
-        if not self._rings[cls].push_front_parts(parts, count):
+        pieces, count = _encode(blob, ends)
+        if not self._rings[cls].push_front_run(pieces):
             return False
         self._spilled[cls] += count
+        return True
+
+    def write_through(self, cls: int, blob: Buffer, ends: Sequence[int]) -> bool:
+        """Write a batch that stays held in memory (write-through): it is on disk
+        as a run read but not released, released like one read back
+        (`release_read`, oldest first) once all of it was delivered. Only while
+        nothing of the class is unread. False: no room (nothing written)."""
+        pieces, count = _encode(blob, ends)
+        if not self._rings[cls].push_back_run(pieces, read=True):
+            return False
+        self._written_through[cls] += count
         return True
 
     # ------------------------------------------------------------- reading
 
     def read_next(self, cls: int) -> SpilledBatch | None:
         """The next batch of the class not yet read back (the loop's drain); it
-        stays on disk until `release_read`. None: nothing left to read."""
-        got = self._rings[cls].read_next_split(_ENDS_ITEM)
-        if got is None:
+        stays on disk until `release_read`. None: nothing left to read. A batch
+        whose every piece was found damaged has count 0 (still to be released)."""
+        pieces = self._rings[cls].read_next_run()
+        if pieces is None:
             return None
-        prefix, blob, count, _seq = got
-        ends = array("I")
-        ends.frombytes(prefix)
-        if not _LITTLE:
-            ends.byteswap()
-        self._recovered[cls] += count
-        return SpilledBatch(blob, ends, count)
+        blob, ends = _decode(pieces)
+        self._recovered[cls] += len(ends)
+        return SpilledBatch(blob, ends, len(ends))
 
     def release_read(self, cls: int) -> None:
-        """The oldest batch read back was delivered: free it on disk."""
+        """The oldest batch read back (or written through) was delivered: free it on disk."""
         self._rings[cls].release_read()
+
+    def read_batches(self, cls: int) -> int:
+        """Batches of the class read back or written through and not yet released."""
+        return self._rings[cls].read_runs
+
+    def unread_all(self, cls: int) -> int:
+        """Every batch read back or written through and not yet released becomes
+        unread again, in order (the caller dropped its memory copies: the drain
+        brings them back). Returns the events moved."""
+        return self._rings[cls].unread_all()
 
     def drop_front(self, cls: int) -> int:
         """Evict the class's oldest batch (memory and disk full); its events, 0 if none."""
@@ -266,7 +343,14 @@ class SpillStore:
 
     def statistics(self) -> SpillStoreStats:
         per = tuple(
-            _class_stats(r.statistics(), self._spilled[c], self._recovered[c], self._dropped[c])
+            _class_stats(
+                r.statistics(),
+                self._spilled[c],
+                self._recovered[c],
+                self._dropped[c],
+                self._written_through[c],
+                self._converted[c],
+            )
             for c, r in enumerate(self._rings)
         )
         return SpillStoreStats(
@@ -283,18 +367,31 @@ class SpillStore:
             file_bytes=sum(s.file_bytes for s in per),
             corrupt_records=sum(s.corrupt_records for s in per),
             flushes=self._flushes,
+            corrupt_events=sum(s.corrupt_events for s in per),
+            corrupt_bytes=sum(s.corrupt_bytes for s in per),
+            written_through_events=sum(s.written_through_events for s in per),
         )
 
 
-def _class_stats(rs: RingStats, spilled: int, recovered: int, dropped: int) -> ClassSpillStats:
+def _class_stats(
+    rs: RingStats,
+    spilled: int,
+    recovered: int,
+    dropped: int,
+    written_through: int = 0,
+    converted: int = 0,
+) -> ClassSpillStats:
     read_events = rs.events - rs.unread_events
     read_bytes = rs.bytes - rs.unread_bytes
+    read_pieces = rs.pieces - rs.unread_pieces
     return ClassSpillStats(
-        # Payload bytes minus the ends array: the events' own bytes.
+        # Payload bytes minus the ends arrays and piece prefixes: the events' own bytes.
         pending_events=rs.unread_events,
-        pending_bytes=rs.unread_bytes - _ENDS_ITEM * rs.unread_events,
+        pending_bytes=rs.unread_bytes
+        - _ENDS_ITEM * rs.unread_events
+        - PIECE_PREFIX * rs.unread_pieces,
         unreleased_events=read_events,
-        unreleased_bytes=read_bytes - _ENDS_ITEM * read_events,
+        unreleased_bytes=read_bytes - _ENDS_ITEM * read_events - PIECE_PREFIX * read_pieces,
         spilled_events=spilled,
         recovered_events=recovered,
         dropped_events=dropped,
@@ -304,11 +401,16 @@ def _class_stats(rs: RingStats, spilled: int, recovered: int, dropped: int) -> C
         corrupt_records=rs.corrupt_records,
         torn_header_slots=rs.torn_header_slots,
         header_lost=rs.header_lost,
+        corrupt_events=rs.corrupt_events,
+        corrupt_bytes=rs.corrupt_bytes,
+        written_through_events=written_through,
+        converted_events=converted,
     )
 
 
-def _encode(blob: Buffer, ends: Sequence[int]) -> tuple[tuple[memoryview, memoryview], int]:
-    """The payload parts of a batch: (ends as u32 LE, blob up to the last end)."""
+def _encode(blob: Buffer, ends: Sequence[int]) -> tuple[list[Piece], int]:
+    """The pieces of a batch's run (format.py): each (base, its ends, its events'
+    bytes), the ends and bytes as views of the caller's arrays where possible."""
     count = len(ends)
     if count == 0:
         raise ValueError("a spilled batch needs at least one event")
@@ -327,7 +429,40 @@ def _encode(blob: Buffer, ends: Sequence[int]) -> tuple[tuple[memoryview, memory
         if not _LITTLE:
             packed.byteswap()
         ends_view = memoryview(packed).cast("B")
-    return (ends_view, view[:used]), count
+    pieces: list[Piece] = []
+    a = 0
+    base = 0
+    for b in piece_bounds(ends):
+        end = ends[b - 1]
+        prefix = base.to_bytes(PIECE_PREFIX, "little")
+        parts = (prefix, ends_view[a * _ENDS_ITEM : b * _ENDS_ITEM], view[base:end])
+        pieces.append((parts, b - a))
+        a, base = b, end
+    return pieces, count
+
+
+def _decode(pieces: list[tuple[int, bytes]]) -> tuple[bytes, array[int]]:
+    """A run's sound pieces back as one blob and its ends (relative to the blob).
+    An intact run's ends are already relative to its start; after a piece lost
+    to damage (or a run that starts mid-way) the rest is shifted by the gap."""
+    ends = array("I")
+    parts: list[bytes] = []
+    size = 0
+    for count, payload in pieces:
+        base = int.from_bytes(payload[:PIECE_PREFIX], "little")
+        cut = PIECE_PREFIX + _ENDS_ITEM * count
+        mine = array("I")
+        mine.frombytes(payload[PIECE_PREFIX:cut])
+        if not _LITTLE:
+            mine.byteswap()
+        if base != size:
+            shift = size - base
+            mine = array("I", (e + shift for e in mine))
+        ends.extend(mine)
+        part = payload[cut:]
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts), ends
 
 
 def _make_private_dir(dir: str) -> None:
@@ -353,12 +488,174 @@ def _make_private_dir(dir: str) -> None:
         raise SpillError(f"spill dir {dir}: cannot create: {exc.strerror}") from exc
 
 
+def check_private_dir(dir: str) -> None:
+    """SpillError naming `dir` and what is wrong unless it is a directory owned by
+    this process's user and not writable by group or others (issue 13: whoever
+    can write the dir could plant links or records, or truncate mapped files)."""
+    try:
+        st = os.stat(dir)
+    except OSError as exc:
+        raise SpillError(f"spill dir {dir}: cannot stat: {exc.strerror}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise SpillError(f"spill dir {dir} exists but is not a directory")
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise SpillError(
+            f"spill dir {dir} is owned by uid {st.st_uid}, not by the agent's user "
+            f"(uid {uid}): refused (chown it to the agent's user)"
+        )
+    if st.st_mode & 0o022:
+        raise SpillError(
+            f"spill dir {dir} is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): refused (chmod 0700 it)"
+        )
+
+
+def _load_seeds(dir: str, ring_paths: Sequence[str]) -> Seeds:
+    """The installation's checksum seeds, from the secret in `dir`/seed, created
+    exclusively (0600) with 16 random bytes at the first start. A seed file that
+    is not exactly that is refused (naming it): the rings cannot be verified
+    without it, and a new secret would silently orphan every record."""
+    path = os.path.join(dir, SEED_NAME)
+    try:
+        fd = open_private(path, os.O_RDONLY, f"spill seed {path}: cannot open")
+    except SpillError:
+        if os.path.lexists(path):
+            raise
+        fd = -1
+    if fd >= 0:
+        try:
+            secret = os.pread(fd, SECRET_BYTES + 1, 0)
+        except OSError as exc:
+            raise SpillError(f"spill seed {path}: cannot read: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        if len(secret) != SECRET_BYTES:
+            raise SpillError(
+                f"spill seed {path} holds {len(secret)} bytes, not {SECRET_BYTES}: refused "
+                "(restore it; without it the ring files cannot be verified)"
+            )
+        return seeds_from_secret(secret)
+    for ring in ring_paths:
+        with contextlib.suppress(OSError):
+            if os.lstat(ring).st_size and not os.path.lexists(ring + V1_SUFFIX):
+                on_disk, a, b = read_head(ring)
+                if choose_slot(a, b, None, FIXED_SEEDS, FORMAT_V1)[0] is None:
+                    log.warning(
+                        "spill seed %s was missing: a new one is created, and what %s "
+                        "holds cannot be verified with it (counted as corrupt)",
+                        path,
+                        ring,
+                    )
+    secret = os.urandom(SECRET_BYTES)
+    fd = open_private(
+        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f"spill seed {path}: cannot create"
+    )
+    try:
+        os.write(fd, secret)
+        os.fsync(fd)
+    except OSError as exc:
+        raise SpillError(f"spill seed {path}: cannot write: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    fsync_dir(path)
+    return seeds_from_secret(secret)
+
+
+def _open_ring(path: str, size: int, cls: int, seeds: Seeds) -> tuple[SpillRing, int]:
+    """The class's ring, converted from version 1 first if that is what is found
+    (or a conversion was cut short). Returns (ring, events converted)."""
+    old = path + V1_SUFFIX
+    if not os.path.lexists(old):
+        if not os.path.lexists(path):
+            return SpillRing.open(path, size, cls, seeds), 0
+        _on_disk, a, b = read_head(path)
+        if choose_slot(a, b, cls, FIXED_SEEDS, FORMAT_V1)[0] is None:
+            return SpillRing.open(path, size, cls, seeds), 0
+        os.replace(path, old)
+        fsync_dir(path)
+    elif os.path.lexists(path):
+        os.unlink(path)  # a conversion cut short: start it over from the old file
+    ring = SpillRing.open(path, size, cls, seeds)
+    try:
+        moved, lost = _convert_v1(old, ring, cls)
+    except BaseException:
+        ring.close()
+        raise
+    ring.flush()
+    os.unlink(old)
+    fsync_dir(path)
+    if lost:
+        log.error(
+            "spill ring %s: converted from format version 1: %d events carried over, "
+            "%d LOST (the new ring is smaller)",
+            path,
+            moved,
+            lost,
+        )
+    else:
+        log.info("spill ring %s: converted from format version 1: %d events", path, moved)
+    return ring, moved
+
+
+def _convert_v1(old: str, ring: SpillRing, cls: int) -> tuple[int, int]:
+    """Every record of the version-1 file `old`, oldest first, pushed into `ring`.
+    Returns (events carried over, events that did not fit)."""
+    fd = open_private(old, os.O_RDONLY, f"spill ring {old}: cannot open")
+    try:
+        size = os.fstat(fd).st_size
+        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
+    except OSError as exc:
+        raise SpillError(f"spill ring {old}: cannot map: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    if mm is None:
+        return 0, 0
+    moved = lost = 0
+    try:
+        found = recover(mm, cls, FIXED_SEEDS, FORMAT_V1)
+        for rec in found.records:
+            at = DATA_OFFSET + rec.pos + REC_HDR
+            payload = mm[at : at + rec.length]
+            ends = array("I")
+            ends.frombytes(payload[: _ENDS_ITEM * rec.count])
+            if not _LITTLE:
+                ends.byteswap()
+            pieces, count = _encode(payload[_ENDS_ITEM * rec.count :], ends)
+            if ring.push_back_run(pieces):
+                moved += count
+            else:
+                lost += count
+        if found.corrupt_records:
+            log.warning(
+                "spill ring %s: %d damaged version-1 records skipped while converting",
+                old,
+                found.corrupt_records,
+            )
+    finally:
+        mm.close()
+    return moved, lost
+
+
+def _log_damage(ring: SpillRing) -> None:
+    """Once per ring file at the open: what damage cost, and where it starts."""
+    st = ring.statistics()
+    if not (st.corrupt_records or st.corrupt_bytes):
+        return
+    where = ", ".join(f"offset {off} ({n} bytes)" for off, n in st.damage[:4])
+    log.warning(
+        "spill ring %s: damage skipped: %d pieces (%d events known, %d bytes) at %s",
+        ring.path,
+        st.corrupt_records,
+        st.corrupt_events,
+        st.corrupt_bytes,
+        where or "the end of the chain",
+    )
+
+
 def _lock_dir(dir: str) -> int:
     path = os.path.join(dir, LOCK_NAME)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise SpillError(f"spill dir {dir}: cannot open {path}: {exc.strerror}") from exc
+    fd = open_private(path, os.O_RDWR | os.O_CREAT, f"spill dir {dir}: cannot open {path}")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -417,13 +714,26 @@ def next_epoch(spill_dir: str, now_ms: int) -> int:
     """
     path = os.path.join(spill_dir, "epoch")
     last = 0
-    with contextlib.suppress(FileNotFoundError, ValueError), open(path, encoding="ascii") as f:
-        last = int(f.read().strip() or 0)
+    if os.path.lexists(path):
+        fd = open_private(path, os.O_RDONLY, f"spill dir {spill_dir}: cannot open {path}")
+        try:
+            with contextlib.suppress(ValueError):
+                last = int(os.read(fd, 64).decode("ascii", "replace").strip() or 0)
+        finally:
+            os.close(fd)
     epoch = max(now_ms, last + 1)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{epoch}\n")
-        f.flush()
-        os.fsync(f.fileno())
+    # Exclusively: a leftover (a crash between create and rename) or a planted
+    # link is removed first (unlink removes a link, never its target).
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = open_private(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f"spill dir {spill_dir}: cannot create {tmp}"
+    )
+    try:
+        os.write(fd, f"{epoch}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     return epoch
