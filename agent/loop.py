@@ -42,7 +42,7 @@ from zmq.utils.monitor import recv_monitor_message
 import agent
 from agent import memory
 from agent.batching import BatchPolicy
-from agent.classes import CLASSES, EventClass
+from agent.classes import CLASSES, EventClass, class_by_name
 from agent.codec import MULTIPART, DecodeResult, FrameDecoder
 from agent.curve import CurveError, CurveGuard
 from agent.governor import BufferGovernor
@@ -263,8 +263,17 @@ class Agent:
                 spill_dir=s.spill.dir,
             )
         )
-        # Marks queues whose ring holds events from a previous run.
-        self.pressure = BufferPressure(self.queues, self.governor, self.store, self.telemetry)
+        # Marks queues whose ring holds events from a previous run. Write-through
+        # waits out one upstream linger (a batch that leaves on time is never
+        # written) plus 5 ms.
+        self.pressure = BufferPressure(
+            self.queues,
+            self.governor,
+            self.store,
+            self.telemetry,
+            write_through=[int(class_by_name(n)) for n in s.spill.write_through],
+            write_through_after_s=s.upstream.linger_ms / 1000 + 0.005,
+        )
         self.paused = False
         self._blocked_until = 0.0
         self._pending_since: list[float | None] = [None] * len(CLASSES)
@@ -399,6 +408,9 @@ class Agent:
                     timeout = min(timeout, wait)
             if q.hold_back and self.pressure.can_drain(cls, deliverable[cls]):
                 timeout = 0.0
+        due = self.pressure.write_through_due_s(now)
+        if due is not None:
+            timeout = min(timeout, due)
         return timeout
 
     # -- ingest ----------------------------------------------------------------
@@ -568,6 +580,7 @@ class Agent:
             ),
             ingest_unauthorized=curve.ingest.unauthorized,
             paused=self.paused,
+            write_through=self.pressure.write_through_state(),
         )
 
     # -- stop --------------------------------------------------------------------
@@ -590,7 +603,7 @@ class Agent:
                 last_frame = time.monotonic()
         self._poller.unregister(self.pull)
         self.pull.close(0)
-        parked, lost = self.pressure.park_in_memory_events()
+        parked, lost = self.pressure.park_in_memory_events(time.monotonic())
         self._next_drop_log = 0.0
         self._timers(time.monotonic())  # log what was evicted, once per class
         self.store.flush()

@@ -301,6 +301,20 @@ class SpillStore:
         self._dropped[cls] += dropped
         return dropped
 
+    def room_bytes(self, cls: int) -> int:
+        """Bytes of the class's ring not held by live runs (what a push may use,
+        less what the wrap wastes)."""
+        return self._rings[cls].statistics().free_bytes
+
+    @staticmethod
+    def run_bytes(nbytes: int, events: int) -> int:
+        """At most the ring bytes a batch of `events` events, `nbytes` bytes, takes:
+        its ends array and, per piece (pieces at least half full), a header,
+        prefix and padding."""
+        payload = nbytes + _ENDS_ITEM * events
+        pieces = payload // 2048 + 1
+        return payload + pieces * (REC_HDR + PIECE_PREFIX + 8)
+
     def pending(self, cls: int) -> int:
         """Events of the class on disk not yet read back. O(1)."""
         return self._rings[cls].unread_events
