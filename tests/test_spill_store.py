@@ -371,3 +371,149 @@ def test_flush_and_close_are_idempotent(tmp_path) -> None:
     assert store.flush()
     store.close()
     store.close()
+
+
+# ------------------------------------------- the spill dir as possibly hostile
+
+
+def test_a_dir_writable_by_group_or_others_is_refused(tmp_path) -> None:
+    d = tmp_path / "spill"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    with pytest.raises(SpillError, match=r"spill dir .*spill is writable by group or others"):
+        SpillStore.open(str(d), 8 * MiB)
+    assert os.listdir(d) == [], "nothing created in a refused dir"
+    os.chmod(d, 0o755)  # not writable by others: accepted as found
+    SpillStore.open(str(d), 8 * MiB).close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_dir_owned_by_another_user_is_refused(tmp_path) -> None:
+    d = tmp_path / "spill"
+    d.mkdir(mode=0o700)
+    os.chown(d, 4242, 4242)
+    with pytest.raises(SpillError, match=r"owned by uid 4242, not by the agent's user"):
+        SpillStore.open(str(d), 8 * MiB)
+
+
+def test_symlinks_in_the_spill_dir_are_refused_and_their_victims_untouched(tmp_path) -> None:
+    from agent.spill import next_epoch
+
+    d = tmp_path / "spill"
+    d.mkdir(mode=0o700)
+    victims = {}
+    for name in (LOCK_NAME, "epoch.tmp", ring_file_name(2)):
+        victim = tmp_path / f"victim-{name}"
+        victim.write_bytes(b"precious " * 100)
+        victims[victim] = victim.read_bytes()
+        os.symlink(victim, d / name)
+    with pytest.raises(SpillError, match=r"LOCK: it is a symlink \(refused\)"):
+        SpillStore.open(str(d), 8 * MiB)
+    os.unlink(d / LOCK_NAME)
+    with pytest.raises(SpillError, match=r"2-normal.ring: cannot open: it is a symlink"):
+        SpillStore.open(str(d), 8 * MiB)
+    # epoch.tmp is created exclusively: a planted link is removed, never followed.
+    next_epoch(str(d), 5)
+    assert not os.path.islink(d / "epoch.tmp") and (d / "epoch").read_text() == "5\n"
+    for victim, before in victims.items():
+        assert victim.read_bytes() == before, f"{victim} was touched"
+
+
+def test_a_fifo_in_place_of_a_ring_file_is_refused_without_blocking(tmp_path) -> None:
+    d = tmp_path / "spill"
+    d.mkdir(mode=0o700)
+    os.mkfifo(d / ring_file_name(0))
+    with pytest.raises(SpillError, match=r"0-critical.ring: cannot open: not a regular file"):
+        SpillStore.open(str(d), 8 * MiB)
+
+
+def test_the_seed_is_created_once_private_and_records_planted_from_elsewhere_fail(
+    tmp_path,
+) -> None:
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    store = SpillStore.open(a, 8 * MiB)
+    seed = os.path.join(a, "seed")
+    assert stat.S_IMODE(os.stat(seed).st_mode) == 0o600 and os.path.getsize(seed) == 16
+    secret = Path(seed).read_bytes()
+    store.push_back(1, *chunk(50))
+    store.close()
+    SpillStore.open(a, 8 * MiB).close()
+    assert Path(seed).read_bytes() == secret, "kept across starts"
+    # Another installation's ring file planted here: its records fail the checksums.
+    SpillStore.open(b, 8 * MiB).close()
+    shutil.copy(os.path.join(a, ring_file_name(1)), os.path.join(b, ring_file_name(1)))
+    store = SpillStore.open(b, 8 * MiB)
+    assert store.pending(1) == 0 and drain_class(store, 1) == []
+    store.close()
+
+
+def test_a_damaged_seed_file_is_refused_naming_it(tmp_path) -> None:
+    d = str(tmp_path / "spill")
+    SpillStore.open(d, 8 * MiB).close()
+    Path(d, "seed").write_bytes(b"short")
+    with pytest.raises(SpillError, match=r"spill seed .*seed holds 5 bytes, not 16"):
+        SpillStore.open(d, 8 * MiB)
+
+
+# ---------------------------------------------------- format version 1 files
+
+
+def write_v1_ring(path: str, size: int, cls: int, batches: list[tuple[bytes, array]]) -> None:
+    """A ring file as version 1 wrote it: fixed seeds, one record per batch whose
+    payload is the ends array then the blob, version 1 in both header slots."""
+    from agent.spill.format import (
+        FORMAT_V1,
+        SLOT_BYTES,
+        SLOT_ENCODED_BYTES,
+        decode_slot,
+        encode_slot,
+    )
+    from agent.spill.ring import SpillRing
+
+    ring = SpillRing.open(path, size, cls)
+    for blob, ends in batches:
+        assert ring.push_back(bytes(ends) + bytes(blob), len(ends))
+    ring.close()
+    with open(path, "r+b") as f:
+        for off in (0, SLOT_BYTES):
+            f.seek(off)
+            state = decode_slot(f.read(SLOT_ENCODED_BYTES), cls)
+            assert state is not None
+            f.seek(off)
+            f.write(encode_slot(state, version=FORMAT_V1))
+
+
+def test_a_version_1_ring_is_converted_at_the_open_never_discarded(tmp_path) -> None:
+    d = tmp_path / "spill"
+    d.mkdir(mode=0o700)
+    sizes = ring_sizes(8 * MiB)
+    batches = [chunk(40, first=40 * k) for k in range(5)]
+    write_v1_ring(str(d / ring_file_name(3)), sizes[3], 3, batches)
+    store = SpillStore.open(str(d), 8 * MiB)
+    assert store.statistics().classes[3].converted_events == 200
+    assert not (d / (ring_file_name(3) + ".v1")).exists()
+    store.close()
+    # Converted on disk: the next open reads version 2, no conversion again.
+    store = SpillStore.open(str(d), 8 * MiB)
+    assert store.statistics().classes[3].converted_events == 0
+    want = [e for blob, ends in batches for e in events(blob, ends)]
+    assert drain_class(store, 3) == want
+    store.close()
+
+
+def test_a_conversion_cut_short_starts_over_from_the_old_file(tmp_path) -> None:
+    d = tmp_path / "spill"
+    d.mkdir(mode=0o700)
+    sizes = ring_sizes(8 * MiB)
+    batches = [chunk(30, first=30 * k) for k in range(3)]
+    old = str(d / (ring_file_name(2) + ".v1"))
+    write_v1_ring(old, sizes[2], 2, batches)
+    # The half-written new ring of a conversion killed midway.
+    partial = SpillStore.open(str(tmp_path / "other"), 8 * MiB)
+    partial.close()
+    shutil.copy(tmp_path / "other" / ring_file_name(2), d / ring_file_name(2))
+    store = SpillStore.open(str(d), 8 * MiB)
+    want = [e for blob, ends in batches for e in events(blob, ends)]
+    assert drain_class(store, 2) == want, "each event once, in order"
+    assert not os.path.exists(old)
+    store.close()

@@ -237,6 +237,7 @@ def _recover(
         state.tail_seq,
         header_valid=True,
         seeds=seeds,
+        hint_pos=state.tail_pos,
     )
     if got.troubled:
         found = scan_records(data, class_index, seeds)
@@ -341,6 +342,7 @@ def walk(
     *,
     header_valid: bool,
     seeds: Seeds = FIXED_SEEDS,
+    hint_pos: int | None = None,
 ) -> Walk:
     """The live runs from the durable head, one pass at most.
 
@@ -396,8 +398,12 @@ def walk(
         hit = find_valid(data, class_index, pos, size - traveled, last_good, budget, seeds)
         if hit is None:
             scan_complete = budget.left > 0
-            if expect < hint_seq and len(damage) < _DAMAGE_KEPT:
-                damage.append((pos, 0))
+            if expect < hint_seq:
+                # Nothing sound up to the tail the header knew: count those bytes.
+                gap = (hint_pos - pos) % size if hint_pos is not None else 0
+                lost_bytes += gap
+                if len(damage) < _DAMAGE_KEPT:
+                    damage.append((pos, gap))
             break
         rel, hdr = hit
         lost += hdr.seq - expect
