@@ -69,6 +69,7 @@ ALL_KEYS = [
     "spill.dir",
     "spill.max_bytes",
     "spill.flush_interval_ms",
+    "spill.write_through",
     "http.bind",
     "classes.critical",
     "classes.high",
@@ -204,6 +205,13 @@ KEY_CASES: list[tuple[str, str, str, list[str], str]] = [
     ("spill.dir", "1", "integer", ['""', '"~/spill"', '"a\\u0000b"'], ""),
     ("spill.max_bytes", "1.5", "float", ["4259839", "0"], ""),
     ("spill.flush_interval_ms", "true", "boolean", ["9", "60001"], ""),
+    (
+        "spill.write_through",
+        '"critical"',
+        "string",
+        ['["alerts"]', '["high", "high"]', '[""]', '["Critical"]'],
+        "",
+    ),
     ("http.bind", "8080", "integer", ['"127.0.0.1:65536"', '"localhost"', '"*:80"', '":80"'], ""),
     *(
         (f"{sock}.{ends}", '"tcp://127.0.0.1:5557"', "string", ['["udp://h:1"]', '[""]'], "")
@@ -623,7 +631,7 @@ def test_changed_keys_knows_every_key() -> None:
             ("tcp://*:3",), ("tcp://h:4",), 1, 1024, 0, 1, 4096, CurveSettings("/c", "/d")
         ),
         buffer=BufferSettings(4 * MiB, 0, 1.0),
-        spill=SpillSettings("/x", MiB, 10),
+        spill=SpillSettings("/x", MiB, 10, ("low",)),
         http=HttpSettings("::1", 0),
         classes=ClassRules(
             {
@@ -957,3 +965,10 @@ def test_apply_reloadable_invariants(
     merged = apply_reloadable(running, new)
     assert set(changed_keys(running, merged)) <= RELOADABLE
     assert not set(changed_keys(merged, new)) & RELOADABLE
+
+
+def test_write_through_names_classes_in_class_order_and_may_be_off() -> None:
+    assert parse_config_text("").spill.write_through == ("critical", "high")
+    s = parse_config_text('[spill]\nwrite_through = ["low", "critical"]\n')
+    assert s.spill.write_through == ("critical", "low")
+    assert parse_config_text("[spill]\nwrite_through = []\n").spill.write_through == ()
