@@ -115,6 +115,8 @@ class SpillRings(Protocol):
     def write_through(self, cls: int, blob: Buffer, ends: Sequence[int]) -> bool: ...
     def read_batches(self, cls: int) -> int: ...
     def unread_all(self, cls: int) -> int: ...
+    @property
+    def shared_budget(self) -> bool: ...
     def room_bytes(self, cls: int) -> int: ...
     def run_bytes(self, nbytes: int, events: int) -> int: ...
 
@@ -188,8 +190,14 @@ class BufferPressure:
                 break
             excess -= freed
         pool = self.queues.pool
-        while not gov.can_admit(pool.in_use_bytes) and self._spill_one((CRITICAL,), now):
-            pass
+        critical = self.queues[CRITICAL]
+        while not gov.can_admit(pool.in_use_bytes):
+            if self._spill_one((CRITICAL,), now):
+                continue
+            # Critical has a chunk to spill and the spill is full: lower classes
+            # give up disk room (never critical's memory).
+            if critical.spill_candidate() is None or not self._claim(CRITICAL):
+                break
         return gov.can_admit(pool.in_use_bytes)
 
     def _spill_one(self, classes: tuple[int, ...], now: float) -> int:
@@ -228,13 +236,28 @@ class BufferPressure:
         it never is while a lower class holds data. Returns memory bytes freed."""
         for cls in NONCRITICAL_LOWEST_FIRST:
             q = self.queues[cls]
-            if not q.events:
+            if not q.events and not self.store.pending(cls):
                 continue
             if not q.front and self.store.pending(cls):
                 # The class's oldest events are on disk (behind nothing in
                 # memory): drop them there, and move memory into the freed room.
-                self.telemetry.dropped(cls, self.store.drop_front(cls))
-                return self._spill_one((cls,), now)
+                if not self.store.shared_budget:
+                    self.telemetry.dropped(cls, self.store.drop_front(cls))
+                    return self._spill_one((cls,), now)
+                # One spill budget: whichever class needs the room, lowest
+                # first; runs may be small, so drop until two chunks are free.
+                while (
+                    self.store.room_bytes(cls) < 2 * CHUNK_BYTES
+                    and self.store.pending(cls)
+                    and not self.store.read_batches(cls)
+                ):
+                    self.telemetry.dropped(cls, self.store.drop_front(cls))
+                freed = self._spill_one(NONCRITICAL_LOWEST_FIRST, now)
+                if freed:
+                    return freed
+                if not q.events:
+                    continue  # still no room: the next class's oldest
+                # Still no room for its memory: its oldest in memory go next.
             from_front = bool(q.front)
             chunk = q.evict_oldest()
             assert chunk is not None
@@ -357,6 +380,35 @@ class BufferPressure:
         if due > done and not self._write(cls, min(due, top)):
             marks.appendleft((due, now))  # no room: try again after the delay
 
+    def _claim(self, cls: int) -> bool:
+        """The spill budget is full and `cls` needs room: the lowest class below
+        it holding disk space loses its oldest events (counted): its oldest run
+        on disk, or, while runs of it are read back or written through (in
+        memory and on disk), its oldest chunk in memory, whose runs are then
+        released. False: nothing lower holds disk space, or the store has a
+        fixed share per class (dropping would not help)."""
+        if not self.store.shared_budget:
+            return False
+        for lower in NONCRITICAL_LOWEST_FIRST:
+            if lower <= cls:
+                break
+            q = self.queues[lower]
+            if self.store.read_batches(lower) and q.front:
+                chunk = q.evict_oldest()
+                assert chunk is not None
+                self._removed[lower] += chunk.events
+                if chunk.token is not None:
+                    self.store.release_read(lower)
+                self.telemetry.dropped(lower, chunk.events)
+                q.recycle(chunk)
+                if self._wt[lower]:
+                    self._release_delivered(lower)
+                return True
+            if self.store.pending(lower) and not self.store.read_batches(lower):
+                self.telemetry.dropped(lower, self.store.drop_front(lower))
+                return True
+        return False
+
     def _release_delivered(self, cls: int) -> None:
         head = self._head(cls)
         runs = self._runs[cls]
@@ -382,8 +434,9 @@ class BufferPressure:
             end = first
         for chunk, a, b, number in reversed(spans):
             blob, ends = _slice(chunk, a, b)
-            if not self.store.write_through(cls, blob, ends):
-                return False
+            while not self.store.write_through(cls, blob, ends):
+                if not self._claim(cls):
+                    return False
             self._runs[cls].append((number, number + b - a))
             self._on_disk_to[cls] = number + b - a
             self.telemetry.written_through(cls, b - a)
@@ -394,8 +447,9 @@ class BufferPressure:
         q = self.queues[cls]
         chunk = q.back[0]
         blob, ends = chunk.remaining()
-        if not self.store.push_back(cls, blob, ends):
-            return False
+        while not self.store.push_back(cls, blob, ends):
+            if not self._claim(cls):
+                return False
         self.telemetry.spilled(cls, len(ends))
         if cls == CRITICAL:
             self.telemetry.critical_spilled()
@@ -538,6 +592,9 @@ class BufferPressure:
             self.queues[CRITICAL].recycle(chunk)
             if len(ends):
                 parts.append((blob, ends))
+        need = sum(self.store.run_bytes(len(blob), len(ends)) for blob, ends in parts)
+        while self.store.room_bytes(CRITICAL) < need and self._claim(CRITICAL):
+            pass
         room = self.store.room_bytes(CRITICAL)
         fit = 0
         for blob, ends in parts:
@@ -564,9 +621,12 @@ class BufferPressure:
             return 0, True
         push = self.store.push_front if front_side else self.store.push_back
         while not push(cls, blob, ends):
-            # The class's share of the disk is full: memory and disk are both
-            # exhausted, so the oldest events go first (never these newer ones).
-            # Critical is never evicted; it is lost only if its ring is full.
+            # The spill is full: memory and disk are both exhausted, so the
+            # lowest class's oldest events go first (a lower class's on disk,
+            # then this class's own, never these newer ones). Critical is never
+            # evicted; it is lost only if the spill holds nothing lower.
+            if self._claim(cls):
+                continue
             evicted = 0 if (front_side or cls == CRITICAL) else self.store.drop_front(cls)
             if not evicted:
                 self.telemetry.dropped(cls, n)

@@ -2,9 +2,12 @@
 real agent killed with SIGKILL at random moments of a spill/drain cycle under
 mixed traffic, with write-through on (the default: critical and high).
 
-After every restart: no critical or high event accepted >= 50 ms before a kill
-is missing (the test counts from the send, 150 ms before: ingest keeps up at
-this rate, so an event sent then was accepted well within it), nothing is
+Each round: a burst of traffic, a wait until the agent has accepted all of it
+(its ingest counter still for two snapshots: on a loaded CI box the agent can
+lag the sender by a second, and what still sits in its ZeroMQ receive queue at
+a kill was never accepted), then a short burst of random length during which
+the kill falls. After every restart: no critical or high event of the first
+burst (accepted >= 50 ms before the kill) is missing, nothing is
 altered, duplicates stay within the documented bound (README: per kill and
 class, what was delivered but not yet released: the drain window of 4 chunks
 and a record, or the written-through runs of one turn plus one chunk).
@@ -34,7 +37,6 @@ KILLS = 20
 # of ~1 KiB), so memory fills and spills within a round when nobody reads.
 FRAME_EVENTS = 10
 FRAME_EVERY_S = 0.002
-MARGIN_S = 0.150
 TYPES = ["reading"] * 6 + ["heartbeat"] + ["over_voltage"] + ["tamper"] * 2
 WRITE_THROUGH = {"over_voltage", "tamper"}
 # Per kill and class: at most 5 chunks of 256 KiB come back twice (README).
@@ -45,6 +47,18 @@ def make(i: int, rng: random.Random) -> bytes:
     t = rng.choice(TYPES)
     pad = "x" * (900 if t in ("reading", "heartbeat") else 100)
     return event(i, t, id=i, pad=pad)
+
+
+def caught_up(agent, timeout: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+    """Until the agent's accepted count stops moving (snapshots every 250 ms)."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        now = agent.get()["ingest"]["events"]
+        if now == last:
+            return
+        last = now
+        time.sleep(0.3)
 
 
 def test_kill_9_at_random_moments_loses_no_write_through_event(make_agent, zctx) -> None:
@@ -65,20 +79,28 @@ def test_kill_9_at_random_moments_loses_no_write_through_event(make_agent, zctx)
         first_id = next_id
         agent.start()
         sub = Subscriber(zctx, agent.upstream) if rng.random() < 0.5 else None
-        end = time.monotonic() + rng.uniform(0.15, 0.6)
-        while (now := time.monotonic()) < end:
-            frame = []
-            for _ in range(FRAME_EVENTS):
-                e = make(next_id, rng)
-                sent[next_id] = e
-                sent_at[next_id] = now
-                frame.append(e)
-                next_id += 1
-            push.send(b"".join(frame))
-            if sub is not None:
-                while sub.recv_one(0):
-                    pass
-            time.sleep(FRAME_EVERY_S)
+
+        def burst(seconds: float, reader: Subscriber | None) -> None:
+            nonlocal next_id
+            end = time.monotonic() + seconds
+            while (now := time.monotonic()) < end:
+                frame = []
+                for _ in range(FRAME_EVENTS):
+                    e = make(next_id, rng)
+                    sent[next_id] = e
+                    sent_at[next_id] = now
+                    frame.append(e)
+                    next_id += 1
+                push.send(b"".join(frame))
+                if reader is not None:
+                    while reader.recv_one(0):
+                        pass
+                time.sleep(FRAME_EVERY_S)
+
+        burst(rng.uniform(0.2, 0.5), sub)
+        accepted_to = next_id
+        caught_up(agent)
+        burst(rng.uniform(0.0, 0.1), sub)  # the kill falls in this one
         killed_at = time.monotonic()
         assert agent.kill() == -9
         if sub is not None:
@@ -86,8 +108,9 @@ def test_kill_9_at_random_moments_loses_no_write_through_event(make_agent, zctx)
                 pass
             got += sub.events()
             sub.close()
-        for i in range(first_id, next_id):  # this round's (older ones were judged already)
-            if sent_at[i] <= killed_at - MARGIN_S and cbor2.loads(sent[i])["type"] in WRITE_THROUGH:
+        for i in range(first_id, accepted_to):  # this round's first burst: accepted
+            assert sent_at[i] <= killed_at - 0.05
+            if cbor2.loads(sent[i])["type"] in WRITE_THROUGH:
                 must_survive.add(i)
     # The last restart: everything that is left comes out.
     agent.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 from agent.spill import SpillError, SpillStore, ring_sizes
 from agent.spill.format import DATA_OFFSET
-from agent.spill.store import LOCK_NAME, MIN_RING_BYTES, RING_SHARES, ring_file_name
+from agent.spill.store import LOCK_NAME, MIN_RING_BYTES, ring_file_name
 
 MiB = 1024 * 1024
 REPO = str(Path(__file__).resolve().parents[1])
@@ -214,23 +215,54 @@ def test_dir_that_is_a_file(tmp_path) -> None:
         SpillStore.open(str(f), 8 * MiB)
 
 
-def test_max_bytes_is_split_by_class(tmp_path) -> None:
+def blocks(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def test_one_budget_any_class_may_use_free_space_and_it_stays_reserved(tmp_path) -> None:
     d = tmp_path / "spill"
-    max_bytes = 64 * MiB + 12345
+    max_bytes = 64 * MiB
     store = SpillStore.open(str(d), max_bytes)
-    sizes = ring_sizes(max_bytes)
-    assert sum(sizes) <= max_bytes
-    assert sizes[0] == sizes[1] and sizes[2] == sizes[3] and sizes[2] > sizes[0]
-    for cls, size in enumerate(sizes):
-        assert abs(size - max_bytes * RING_SHARES[cls] / sum(RING_SHARES)) <= 4096
-        path = d / ring_file_name(cls)
-        assert path.stat().st_size == size
-        assert path.stat().st_blocks * 512 >= size  # preallocated, not sparse
+    files = [d / ring_file_name(c) for c in range(4)] + [d / "pool"]
+    for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert store.statistics().file_bytes == sum(sizes)
+    total = sum(map(blocks, files))
+    assert max_bytes <= total <= max_bytes + 4 * 16 * 1024, "the budget reserved on the disk"
+    # Normal alone fills far more than a fixed share (3/8) would have let it.
+    n = 0
+    while store.push_back(2, *chunk(2000, first=n)):
+        n += 2000
+    budget = store.budget
+    assert budget is not None
+    reserved = 2 * budget.total // 16  # critical's and high's guaranteed minimum
+    assert n * 124 >= (budget.total - reserved) * 0.97
+    assert store.statistics().file_bytes <= max_bytes + 4 * 16 * 1024
+    assert sum(map(blocks, files)) <= max_bytes + 4 * 16 * 1024, "never beyond the budget"
+    # Critical and high still have their minimum.
+    assert store.push_back(0, *chunk(2000)) and store.push_back(1, *chunk(2000))
+    # Drained, the space goes back to the pool for any class.
+    assert len(drain_class(store, 2)) == n
+    assert blocks(d / ring_file_name(2)) <= 4 * 4096 + 16 * 1024
+    assert store.push_back(3, *chunk(2000))
     store.close()
     with pytest.raises(ValueError, match="too small"):
         ring_sizes(8 * MIN_RING_BYTES - 1)
+
+
+def test_one_budget_survives_a_reopen(tmp_path) -> None:
+    d = tmp_path / "spill"
+    store = SpillStore.open(str(d), 32 * MiB)
+    for k in range(20):
+        assert store.push_back(k % 4, *chunk(500, first=k * 500))
+    store.drop_front(2)
+    before = [s.pending_events for s in store.statistics().classes]
+    store.close()
+    store = SpillStore.open(str(d), 32 * MiB)
+    assert [s.pending_events for s in store.statistics().classes] == before
+    assert store.budget is not None and sum(store.budget.used) > 0
+    files = [d / ring_file_name(c) for c in range(4)] + [d / "pool"]
+    assert sum(map(blocks, files)) <= 32 * MiB + 4 * 16 * 1024
+    store.close()
 
 
 def test_max_bytes_beyond_free_space_fails_up_front(tmp_path) -> None:
@@ -516,4 +548,61 @@ def test_a_conversion_cut_short_starts_over_from_the_old_file(tmp_path) -> None:
     want = [e for blob, ends in batches for e in events(blob, ends)]
     assert drain_class(store, 2) == want, "each event once, in order"
     assert not os.path.exists(old)
+    store.close()
+
+
+def test_one_budget_a_fill_of_the_usual_mix_evicts_nothing_up_to_80_percent(tmp_path) -> None:
+    """Issue 11: the usual mix (1% critical, 2% high, 92% normal, 5% low), no
+    head-end, through the real buffer policy into a real store: nothing is
+    evicted while the spill has room (a fill to 80% of max_bytes); past it the
+    lowest class's oldest go first, and every eviction is counted."""
+    from agent.governor import BufferGovernor
+    from agent.pressure import BufferPressure
+    from agent.queues import CHUNK_BYTES, ClassQueues
+    from agent.telemetry import AgentIdentity, Telemetry
+
+    max_bytes = 32 * MiB
+    store = SpillStore.open(str(tmp_path / "spill"), max_bytes)
+    queues = ClassQueues()
+    governor = BufferGovernor(4 * MiB, MiB, 60.0, 8 * CHUNK_BYTES, burst_bytes=2 * CHUNK_BYTES)
+    telemetry = Telemetry(AgentIdentity("gw", "0", 1, 0.0, 4 * MiB, MiB, "/spill"))
+    pressure = BufferPressure(queues, governor, store, telemetry, (0, 1), 0.01)
+    mix = [0] * 1 + [1] * 2 + [2] * 92 + [3] * 5
+    rng = random.Random(5)
+    sent = [0] * 4
+    now = 0.0
+    first_dropped: list[int] = []
+
+    def fill(until_bytes: int) -> None:
+        nonlocal now
+        offered = sum(sent) * 120
+        while offered < until_bytes:
+            burst: list[list[bytes]] = [[], [], [], []]
+            for _ in range(500):
+                cls = rng.choice(mix)
+                burst[cls].append(sent[cls].to_bytes(4, "little") * 30)
+                sent[cls] += 1
+            for cls, evs in enumerate(burst):
+                queues[cls].push_many(evs)
+                telemetry.classes[cls].received += len(evs)
+            now += 0.02
+            assert pressure.make_room(now), "ingest paused"
+            if not first_dropped:
+                first_dropped.extend(c for c in range(4) if telemetry.classes[c].dropped)
+            offered += 500 * 120
+
+    fill(int(max_bytes * 0.8))
+    assert [c.dropped for c in telemetry.classes] == [0, 0, 0, 0], "evicted with room left"
+    assert store.statistics().pending_events > 0.7 * max_bytes / 130
+    fill(int(max_bytes * 1.3))
+    dropped = [c.dropped for c in telemetry.classes]
+    assert dropped[0] == dropped[1] == 0 and dropped[3] > 0
+    # The first eviction took low alone (the lowest class, its oldest); normal
+    # goes only once low has nothing left to give at that moment (the order
+    # within a turn: tests/test_pressure.py's models).
+    assert first_dropped == [3]
+    for cls in range(4):
+        c = telemetry.classes[cls]
+        held = queues[cls].events + store.pending(cls)
+        assert c.received == held + c.dropped, cls
     store.close()

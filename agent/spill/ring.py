@@ -53,8 +53,10 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
+import os
 from collections import deque
 from collections.abc import Sequence
+from typing import Protocol
 
 from agent.spill.format import (
     ALIGN,
@@ -92,12 +94,35 @@ from agent.spill.recover import (
     find_valid,
     recover,
 )
-from agent.spill.ringfile import SpillError, fsync_dir, map_file, read_head, zero_fill
+from agent.spill.ringfile import (
+    SpillError,
+    allocate,
+    fsync_dir,
+    map_fd,
+    map_file,
+    open_sparse,
+    punch,
+    read_head,
+    zero_fill,
+)
 
 __all__ = ["Piece", "RingStats", "SpillError", "SpillRing"]
 
 # A record's event count is a u32 in its header (format.py).
 MAX_RECORD_EVENTS = 0xFFFF_FFFF
+
+# A sparse ring allocates its window in steps of this much (fallocate + pwrite
+# of zeros: ~0.5-1 ms per MiB here), so a 256 KiB chunk pays for it once in four.
+ALLOC_STEP = 1024 * 1024
+_PAGE = mmap.PAGESIZE
+
+
+class RingBudget(Protocol):
+    """The share of the spill budget one sparse ring draws on (store.py)."""
+
+    def take(self, nbytes: int, *, force: bool = False) -> bool: ...
+    def give(self, nbytes: int) -> None: ...
+
 
 # One piece of a run as the caller hands it in: its payload's parts (copied
 # once, back to back, into the mapping) and its event count.
@@ -195,6 +220,14 @@ class SpillRing:
         self._recovered_records = 0
         self._recovered_events = 0
         self._closed = False
+        # Sparse rings (a shared budget): the file's descriptor, the budget, and
+        # the allocated window [win_a, win_a + win_len) of the data region around
+        # the circle (page-aligned). Invariant: the window covers every live
+        # run and skip item; nothing outside it is allocated.
+        self._fd: int | None = None
+        self._budget: RingBudget | None = None
+        self._win_a = 0
+        self._win_len = 0
 
     # ------------------------------------------------------------- opening
 
@@ -236,6 +269,163 @@ class SpillRing:
             elif ring._prepared < ring._data_size:
                 ring._zero_fill()
         return ring
+
+    @classmethod
+    def open_sparse(
+        cls,
+        path: str,
+        size_bytes: int,
+        class_index: int,
+        seeds: Seeds,
+        budget: RingBudget,
+    ) -> SpillRing:
+        """Create or recover the ring file at `path` as a sparse circle of
+        `size_bytes` (the whole spill budget) of which only the window between
+        head and tail is allocated, drawn from `budget` (store.py's one spill
+        budget). Nothing is zero-filled up front: each range is allocated and
+        zero-filled as the tail reaches it, and punched once the head has
+        passed it. Raises SpillError for disk problems, never for bad data."""
+        requested = size_bytes - size_bytes % _PAGE
+        if requested < DATA_OFFSET + MIN_DATA_BYTES:
+            raise ValueError(f"spill ring {path}: {size_bytes} bytes is below the minimum")
+        existed = os.path.lexists(path)
+        fd = open_sparse(path, requested)
+        try:
+            on_disk = os.fstat(fd).st_size
+            slot_a = os.pread(fd, SLOT_ENCODED_BYTES, 0)
+            slot_b = os.pread(fd, SLOT_ENCODED_BYTES, SLOT_BYTES)
+            file_size, fresh = file_size_to_map(
+                on_disk, slot_a, slot_b, class_index, requested, seeds
+            )
+            if file_size < on_disk and not fresh and file_size % _PAGE:
+                file_size = on_disk  # a version-2 fixed ring grown sparse: keep its geometry
+            fresh = fresh or not existed
+            if fresh:
+                file_size = requested
+            if file_size > on_disk:
+                os.ftruncate(fd, file_size)
+            mm = map_fd(fd, path, file_size)
+        except OSError as exc:
+            os.close(fd)
+            raise SpillError(f"spill ring {path}: cannot open: {exc.strerror}") from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        ring = cls(path, class_index, mm, file_size, seeds)
+        ring._fd = fd
+        ring._budget = budget
+        ring._prepared = ring._data_size  # allocation zero-fills as it goes
+        if fresh:
+            ring._format(INITIAL_SEQ)
+            ring.flush()
+            fsync_dir(path)
+        else:
+            ring._adopt(recover(ring._mv, class_index, seeds))
+        ring._adopt_window()
+        return ring
+
+    def _adopt_window(self) -> None:
+        """The window the live runs need; everything else of the region punched."""
+        size = self._data_size
+        records = list(self._read) + list(self._unread)
+        if not records:
+            self._win_a = self._win_len = 0
+        else:
+            last = records[-1]
+            end = last.pos + last.bytes_held
+            self._win_a = self._head_pos - self._head_pos % _PAGE
+            end = min(size, -(-end // _PAGE) * _PAGE)
+            self._win_len = (end - self._win_a - 1) % size + 1
+        assert self._budget is not None
+        self._budget.take(self._win_len, force=True)
+        self._punch(self._win_a + self._win_len, size - self._win_len)
+
+    def _window_segments(self, start: int, length: int) -> list[tuple[int, int]]:
+        """[start, start + length) around the circle as (offset, length) in the file."""
+        size = self._data_size
+        start %= size
+        first = min(length, size - start)
+        segs = [(DATA_OFFSET + start, first)]
+        if length > first:
+            segs.append((DATA_OFFSET, length - first))
+        return segs
+
+    def _punch(self, start: int, length: int) -> None:
+        assert self._fd is not None
+        for off, n in self._window_segments(start, length):
+            punch(self._fd, off, n)
+
+    def _cover_back(self, end: int) -> bool:
+        """Grow the window forward until it reaches region position `end` (in
+        (0, size]). False: the budget or the disk has no room (nothing changed)."""
+        if self._budget is None:
+            return True
+        size = self._data_size
+        if self._win_len == 0:
+            self._win_a = 0
+        reach = (end - self._win_a - 1) % size + 1
+        if reach <= self._win_len:
+            return True
+        reach = min(size, -(-reach // _PAGE) * _PAGE)
+        want = min(size, -(-reach // ALLOC_STEP) * ALLOC_STEP)
+        start = self._win_a + self._win_len
+        if want > reach and self._grow(start, want - self._win_len, back=True):
+            return True
+        return self._grow(start, reach - self._win_len, back=True)
+
+    def _cover_front(self, start: int) -> bool:
+        """Grow the window backward until it starts at or below region position
+        `start`. False: no room (nothing changed)."""
+        if self._budget is None:
+            return True
+        size = self._data_size
+        start -= start % _PAGE
+        if (start - self._win_a) % size < self._win_len:
+            return True
+        extra = (self._win_a - start) % size
+        return self._grow(start, extra, back=False)
+
+    def _grow(self, start: int, length: int, *, back: bool) -> bool:
+        assert self._budget is not None and self._fd is not None
+        if length <= 0:
+            return True
+        if self._win_len + length > self._data_size or not self._budget.take(length):
+            return False
+        done: list[tuple[int, int]] = []
+        for off, n in self._window_segments(start, length):
+            if not allocate(self._fd, off, n):
+                for o, m in done:
+                    punch(self._fd, o, m)
+                self._budget.give(length)
+                return False
+            done.append((off, n))
+        if not back:
+            self._win_a = start % self._data_size
+        self._win_len += length
+        return True
+
+    def _release_window(self) -> None:
+        """The head moved forward (or the ring emptied): punch what it passed."""
+        if self._budget is None:
+            return
+        if not (self._read or self._unread):
+            self._punch(self._win_a, self._win_len)
+            self._budget.give(self._win_len)
+            self._win_a = self._win_len = 0
+            return
+        size = self._data_size
+        new_a = self._head_pos - self._head_pos % _PAGE
+        moved = (new_a - self._win_a) % size
+        if 0 < moved < self._win_len:
+            self._punch(self._win_a, moved)
+            self._budget.give(moved)
+            self._win_a = new_a
+            self._win_len -= moved
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Data bytes allocated for this ring (its window; all of it when not sparse)."""
+        return self._win_len if self._budget is not None else self._data_size
 
     def _adopt(self, found: Recovery) -> None:
         """Take what recovery found as the index, and rewrite both header slots
@@ -352,6 +542,14 @@ class SpillRing:
         place = place_back(self._data_size, self._head_pos, self._tail_pos, span, empty=empty)
         if place is None:
             return False
+        head = self._head_pos
+        sparse_wrap = self._budget is not None and not empty and place.pos < head
+        if sparse_wrap and place.pos + span > head - head % _PAGE:
+            return False  # a sparse ring's tail never enters the head's page
+        if empty and self._budget is not None and self._win_len:
+            self._release_window()  # an empty ring starts over at 0
+        if not self._cover_back(place.pos + span):
+            return False
         seq = self._tail_seq
         floor = seq if empty else self._head_seq
         pos = place.pos
@@ -386,6 +584,13 @@ class SpillRing:
         views, lengths, count, span = self._check_run(pieces)
         place = place_front(self._data_size, self._head_pos, self._tail_pos, span)
         if place is None:
+            return False
+        tail = self._tail_pos
+        if self._budget is not None and place.pos >= tail and place.pos < -(-tail // _PAGE) * _PAGE:
+            return False  # nor the head the tail's
+        if not self._cover_front(place.skip_at if place.skip_at >= 0 else place.pos):
+            return False
+        if place.skip_at >= 0 and not self._cover_front(place.pos):
             return False
         n = len(pieces)
         seq = self._head_seq - n
@@ -618,6 +823,7 @@ class SpillRing:
         self._forget(entry)
         self._set_head()
         self._write_header()
+        self._release_window()
 
     @property
     def read_runs(self) -> int:
@@ -644,6 +850,7 @@ class SpillRing:
         self._forget(entry)
         self._set_head()
         self._write_header()
+        self._release_window()
         return entry.count
 
     def _forget(self, entry: LiveRecord) -> None:
@@ -725,6 +932,9 @@ class SpillRing:
         self._closed = True
         self._mv.release()
         self._mm.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def statistics(self) -> RingStats:
         records = len(self._read) + len(self._unread)

@@ -19,6 +19,7 @@ Promises:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -178,3 +179,77 @@ def fsync_dir(path: str) -> None:
         ) from exc
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------- sparse rings
+#
+# A ring in a shared budget (store.py) is a sparse file: its circle is the whole
+# budget, but only the window between its head and its tail is allocated. Every
+# range is allocated with fallocate and zero-filled with pwrite *before* the
+# mapping writes into it (FACTS: a write fault into a hole on a full disk is a
+# SIGBUS; an unwritten extent costs up to 100 ms on its first write fault), and
+# punched once released, so the blocks go back to the budget.
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+_fallocate.restype = ctypes.c_int
+
+
+def allocate(fd: int, offset: int, length: int) -> bool:
+    """Allocate and zero-fill [offset, offset + length) of a ring file. False: no
+    space on the disk (ENOSPC), nothing to undo; SpillError for other errors."""
+    if length <= 0:
+        return True
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return False
+        raise SpillError(f"spill ring fd {fd}: fallocate failed: {exc.strerror}") from exc
+    zeros = bytes(min(ZERO_FILL_STEP, length))
+    at, end = offset, offset + length
+    try:
+        while at < end:
+            n = min(ZERO_FILL_STEP, end - at)
+            os.pwrite(fd, zeros if n == len(zeros) else zeros[:n], at)
+            at += n
+    except OSError as exc:
+        raise SpillError(f"spill ring fd {fd}: zero-fill failed: {exc.strerror}") from exc
+    return True
+
+
+def punch(fd: int, offset: int, length: int) -> None:
+    """Give the blocks of [offset, offset + length) back to the file system (the
+    range reads as zeros from now on; the file keeps its size)."""
+    if length <= 0:
+        return
+    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise SpillError(f"spill ring fd {fd}: punching a hole failed: {os.strerror(err)}")
+
+
+def open_sparse(path: str, size: int) -> int:
+    """A descriptor of the ring file at `path` (created 0600 when missing),
+    extended (sparse) to `size` bytes, its header pages allocated."""
+    fd = open_private(path, os.O_RDWR | os.O_CREAT, f"spill ring {path}: cannot open")
+    try:
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        preallocate(fd, path, DATA_OFFSET)
+    except OSError as exc:
+        os.close(fd)
+        raise SpillError(f"spill ring {path}: cannot size: {exc.strerror}") from exc
+    except SpillError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def map_fd(fd: int, path: str, size: int) -> mmap.mmap:
+    try:
+        return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as exc:
+        raise SpillError(f"spill ring {path}: cannot map: {exc.strerror}") from exc

@@ -96,7 +96,7 @@ _SHARE_UNIT = sum(RING_SHARES)
 # Smallest ring we create: 64 KiB of data holds a few 16 KiB chunks; less than
 # that is a configuration mistake, not a ring.
 MIN_RING_BYTES = DATA_OFFSET + 64 * 1024
-_PAGE = 4096
+_PAGE = mmap.PAGESIZE
 _ENDS_ITEM = 4  # bytes per event in the ends array (u32)
 _LITTLE = sys.byteorder == "little"
 LOCK_NAME = "LOCK"
@@ -119,6 +119,108 @@ def ring_sizes(max_bytes: int) -> tuple[int, ...]:
     return sizes
 
 
+POOL_NAME = "pool"
+# Guaranteed minimum of the budget for critical and for high (the others can
+# never take it): 1/16 each, 128 MiB of the default 2 GiB, ~1M 120-byte alerts.
+# Small enough that the usual mix (92% normal) fills ~89% of max_bytes before
+# anything is evicted.
+GUARANTEED_SHARE = 16
+GUARANTEED_CLASSES = (0, 1)
+
+
+class SpillBudget:
+    """One budget for the data of all four rings: `max_bytes`, less the rings'
+    header pages. Any class may allocate what is free, except the part of the
+    guaranteed minimum of critical and of high that they do not use yet. What
+    no ring holds stays allocated in the file `pool`, so the space stays
+    reserved on the disk (another program cannot take it): a ring that takes
+    bytes shrinks the pool first, a ring that gives them back grows it again.
+
+    # Invariant: sum(used) + pool bytes == data budget (unless the disk refused
+    #   to give the pool back its blocks: logged, and the budget is unchanged).
+    """
+
+    def __init__(self, dir: str, max_bytes: int, rings: int) -> None:
+        self.path = os.path.join(dir, POOL_NAME)
+        self.total = max_bytes - rings * DATA_OFFSET
+        self.used = [0] * rings
+        self.minimum = [
+            self.total // GUARANTEED_SHARE if c in GUARANTEED_CLASSES else 0 for c in range(rings)
+        ]
+        self._fd = open_private(
+            self.path, os.O_RDWR | os.O_CREAT, f"spill pool {self.path}: cannot open"
+        )
+        self._pool = os.fstat(self._fd).st_size
+        self._warned = False
+
+    def available(self, cls: int) -> int:
+        """Bytes class `cls` may still take."""
+        reserved = sum(
+            max(0, self.minimum[c] - self.used[c]) for c in GUARANTEED_CLASSES if c != cls
+        )
+        return max(0, self.total - sum(self.used) - reserved)
+
+    def take(self, cls: int, nbytes: int, *, force: bool = False) -> bool:
+        if not force and nbytes > self.available(cls):
+            return False
+        self.used[cls] += nbytes
+        self.settle()
+        return True
+
+    def give(self, cls: int, nbytes: int) -> None:
+        self.used[cls] -= nbytes
+        self.settle()
+
+    def settle(self) -> None:
+        """The pool file at what no ring holds."""
+        target = max(0, self.total - sum(self.used))
+        try:
+            if target < self._pool:
+                os.ftruncate(self._fd, target)
+            elif target > self._pool:
+                os.posix_fallocate(self._fd, self._pool, target - self._pool)
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "spill pool %s: cannot resize to %d bytes (%s): the spill budget is "
+                    "no longer reserved on the disk",
+                    self.path,
+                    target,
+                    exc.strerror,
+                )
+            return
+        self._pool = target
+
+    @property
+    def pool_bytes(self) -> int:
+        return self._pool
+
+    def for_class(self, cls: int) -> _ClassBudget:
+        return _ClassBudget(self, cls)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _ClassBudget:
+    """One ring's view of the budget (ring.RingBudget)."""
+
+    __slots__ = ("budget", "cls")
+
+    def __init__(self, budget: SpillBudget, cls: int) -> None:
+        self.budget = budget
+        self.cls = cls
+
+    def take(self, nbytes: int, *, force: bool = False) -> bool:
+        return self.budget.take(self.cls, nbytes, force=force)
+
+    def give(self, nbytes: int) -> None:
+        self.budget.give(self.cls, nbytes)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class SpilledBatch:
     blob: bytes
@@ -136,7 +238,7 @@ class ClassSpillStats:
     recovered_events: int  # read back into memory since open
     dropped_events: int  # evicted by drop_front since open
     resumed_events: int  # found on disk at open, left by the previous run
-    file_bytes: int
+    file_bytes: int  # allocated on the disk for this class (its window and header)
     free_bytes: int
     corrupt_records: int  # pieces found missing or damaged (at open or read back)
     torn_header_slots: int
@@ -185,10 +287,16 @@ class SpillStore:
     """
 
     def __init__(
-        self, dir: str, rings: list[SpillRing], lock_fd: int, converted: Sequence[int] = ()
+        self,
+        dir: str,
+        rings: list[SpillRing],
+        lock_fd: int,
+        converted: Sequence[int] = (),
+        budget: SpillBudget | None = None,
     ) -> None:
         self.dir = dir
         self._rings = rings
+        self.budget = budget
         self._spilled = [0] * len(rings)
         self._recovered = [0] * len(rings)
         self._dropped = [0] * len(rings)
@@ -209,27 +317,33 @@ class SpillStore:
         Time: creating the rings writes max_bytes of zeros once (see
         `SpillRing._zero_fill`): 1-5 s for 2 GiB here, disk speed in general.
         Recovering a full 512 MiB ring takes ~0.2-0.6 s (bench/bench_spill.py)."""
-        sizes = ring_sizes(max_bytes)
+        ring_sizes(max_bytes)  # the smallest max_bytes that works: ValueError below it
+        circle = (max_bytes - DATA_OFFSET) // _PAGE * _PAGE + DATA_OFFSET
         _make_private_dir(dir)
         check_private_dir(dir)
         lock_fd = _lock_dir(dir)
         rings: list[SpillRing] = []
         converted: list[int] = []
+        budget: SpillBudget | None = None
         try:
-            paths = [os.path.join(dir, ring_file_name(c)) for c in range(len(sizes))]
-            _check_space(dir, paths, sizes, max_bytes)
+            paths = [os.path.join(dir, ring_file_name(c)) for c in range(len(CLASS_NAMES))]
+            _check_space(dir, [*paths, os.path.join(dir, POOL_NAME)], max_bytes)
             seeds = _load_seeds(dir, paths)
-            for c, (path, size) in enumerate(zip(paths, sizes, strict=True)):
-                ring, moved = _open_ring(path, size, c, seeds)
+            budget = SpillBudget(dir, max_bytes, len(paths))
+            for c, path in enumerate(paths):
+                ring, moved = _open_ring(path, circle, c, seeds, budget)
                 rings.append(ring)
                 converted.append(moved)
                 _log_damage(ring)
+            budget.settle()
         except BaseException:
             for ring in rings:
                 ring.close()
+            if budget is not None:
+                budget.close()
             os.close(lock_fd)
             raise
-        return cls(dir, rings, lock_fd, converted)
+        return cls(dir, rings, lock_fd, converted, budget)
 
     # ------------------------------------------------------------- writing
 
@@ -301,10 +415,18 @@ class SpillStore:
         self._dropped[cls] += dropped
         return dropped
 
+    @property
+    def shared_budget(self) -> bool:
+        """One budget for all classes (a run dropped in one class makes room for any)."""
+        return self.budget is not None
+
     def room_bytes(self, cls: int) -> int:
-        """Bytes of the class's ring not held by live runs (what a push may use,
-        less what the wrap wastes)."""
-        return self._rings[cls].statistics().free_bytes
+        """Bytes of the spill budget the class may still take (what a push may
+        use, less what the wrap wastes)."""
+        free = self._rings[cls].statistics().free_bytes
+        if self.budget is None:
+            return free
+        return min(free, self.budget.available(cls))
 
     @staticmethod
     def run_bytes(nbytes: int, events: int) -> int:
@@ -352,6 +474,8 @@ class SpillStore:
             try:
                 for ring in self._rings:
                     ring.close()
+                if self.budget is not None:
+                    self.budget.close()
             finally:
                 self._unlock()
 
@@ -364,6 +488,7 @@ class SpillStore:
                 self._dropped[c],
                 self._written_through[c],
                 self._converted[c],
+                r.allocated_bytes + DATA_OFFSET,
             )
             for c, r in enumerate(self._rings)
         )
@@ -378,7 +503,9 @@ class SpillStore:
             recovered_events=sum(s.recovered_events for s in per),
             dropped_events=sum(s.dropped_events for s in per),
             resumed_events=sum(s.resumed_events for s in per),
-            file_bytes=sum(s.file_bytes for s in per),
+            # What the spill holds on the disk: the rings' windows and the pool.
+            file_bytes=sum(s.file_bytes for s in per)
+            + (self.budget.pool_bytes if self.budget is not None else 0),
             corrupt_records=sum(s.corrupt_records for s in per),
             flushes=self._flushes,
             corrupt_events=sum(s.corrupt_events for s in per),
@@ -394,6 +521,7 @@ def _class_stats(
     dropped: int,
     written_through: int = 0,
     converted: int = 0,
+    file_bytes: int | None = None,
 ) -> ClassSpillStats:
     read_events = rs.events - rs.unread_events
     read_bytes = rs.bytes - rs.unread_bytes
@@ -410,7 +538,7 @@ def _class_stats(
         recovered_events=recovered,
         dropped_events=dropped,
         resumed_events=rs.recovered_events,
-        file_bytes=rs.file_bytes,
+        file_bytes=rs.file_bytes if file_bytes is None else file_bytes,
         free_bytes=rs.free_bytes,
         corrupt_records=rs.corrupt_records,
         torn_header_slots=rs.torn_header_slots,
@@ -576,21 +704,27 @@ def _load_seeds(dir: str, ring_paths: Sequence[str]) -> Seeds:
     return seeds_from_secret(secret)
 
 
-def _open_ring(path: str, size: int, cls: int, seeds: Seeds) -> tuple[SpillRing, int]:
+def _open_ring(
+    path: str, size: int, cls: int, seeds: Seeds, budget: SpillBudget
+) -> tuple[SpillRing, int]:
     """The class's ring, converted from version 1 first if that is what is found
     (or a conversion was cut short). Returns (ring, events converted)."""
     old = path + V1_SUFFIX
+
+    def sparse() -> SpillRing:
+        return SpillRing.open_sparse(path, size, cls, seeds, budget.for_class(cls))
+
     if not os.path.lexists(old):
         if not os.path.lexists(path):
-            return SpillRing.open(path, size, cls, seeds), 0
+            return sparse(), 0
         _on_disk, a, b = read_head(path)
         if choose_slot(a, b, cls, FIXED_SEEDS, FORMAT_V1)[0] is None:
-            return SpillRing.open(path, size, cls, seeds), 0
+            return sparse(), 0
         os.replace(path, old)
         fsync_dir(path)
     elif os.path.lexists(path):
         os.unlink(path)  # a conversion cut short: start it over from the old file
-    ring = SpillRing.open(path, size, cls, seeds)
+    ring = sparse()
     try:
         moved, lost = _convert_v1(old, ring, cls)
     except BaseException:
@@ -691,21 +825,22 @@ def _lock_dir(dir: str) -> int:
     return fd
 
 
-def _check_space(dir: str, paths: list[str], sizes: Sequence[int], max_bytes: int) -> None:
-    """Fail before allocating anything when the filesystem cannot hold the rings.
+def _check_space(dir: str, paths: list[str], max_bytes: int) -> None:
+    """Fail before allocating anything when the filesystem cannot hold the spill
+    budget (the rings' windows and the pool together).
 
-    Counts only what is not allocated yet (existing ring files keep their blocks)
+    Counts only what is not allocated yet (existing files keep their blocks)
     and only the space an unprivileged user may take (f_bavail): the reserved
     blocks stay for the system's own emergencies."""
-    need = 0
-    for path, size in zip(paths, sizes, strict=True):
+    allocated = 0
+    for path in paths:
         try:
-            allocated = os.stat(path).st_blocks * 512
+            allocated += os.lstat(path).st_blocks * 512
         except FileNotFoundError:
-            allocated = 0
+            pass
         except OSError as exc:
-            raise SpillError(f"spill ring {path}: cannot stat: {exc.strerror}") from exc
-        need += max(0, size - allocated)
+            raise SpillError(f"spill file {path}: cannot stat: {exc.strerror}") from exc
+    need = max(0, max_bytes - allocated)
     try:
         st = os.statvfs(dir)
     except OSError as exc:
