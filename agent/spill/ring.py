@@ -13,11 +13,16 @@ the steps that open a ring. The rest sits beside it:
 `SpillRing` is the only code that writes into a ring's mapping.
 
 Promises:
-- Nothing is ever written outside a file preallocated with posix_fallocate
-  (FACTS: a sparse mapping dies by SIGBUS when the disk fills), and a new file
-  is zero-filled once, so writes through the mapping never stall the loop on
-  the filesystem converting unwritten extents (measured: up to 100 ms; see
-  `SpillRing._zero_fill`).
+- Nothing is ever written outside what posix_fallocate allocated (FACTS: a
+  sparse mapping dies by SIGBUS when the disk fills), and it is zero-filled
+  before the mapping writes it, so writes through the mapping never stall the
+  loop on the filesystem converting unwritten extents (measured: up to 100 ms;
+  see `SpillRing._zero_fill`). A fixed ring (`open`) does both once at
+  creation; a sparse ring (`open_sparse`, the one spill budget) keeps an
+  allocated window from its head to its tail, grown 1 MiB at a time ahead of
+  the tail (`_cover_back`, `_cover_front`) and punched behind the head
+  (`_release_window`). Its tail never enters its head's page and its head never
+  the tail's, so a punch never touches a live byte.
 - Opening never raises for bad data and never hangs (recover.py's promises):
   torn or corrupt records are skipped and counted, a torn header slot falls
   back to the other one, two bad slots make the ring "empty-but-scan".

@@ -7,9 +7,13 @@ directory, and the shared read/write mapping. `SpillRing` (ring.py) decides
 sizes and what goes where; `recover.py` and `format.py` read and write the bytes.
 
 Promises:
-- Nothing is ever mapped beyond what posix_fallocate allocated (FACTS: writing
-  through a mapping of a sparse file on a full disk kills the process with
-  SIGBUS, which Python cannot catch; posix_fallocate fails with ENOSPC up front).
+- Nothing is ever written through a mapping where posix_fallocate did not
+  allocate first (FACTS: writing through a mapping of a sparse file on a full
+  disk kills the process with SIGBUS, which Python cannot catch; posix_fallocate
+  fails with ENOSPC up front). A fixed ring is allocated whole before it is
+  mapped; a sparse ring (the one budget, store.py) is mapped whole but written
+  only inside its window, which `allocate` prepares first (reading a hole is
+  safe: it reads zeros).
 - Every failure is a SpillError naming the path (and the sizes when space is
   the problem); no file descriptor is left open, whatever fails.
 - No open follows a symlink (O_NOFOLLOW) or blocks on a FIFO (O_NONBLOCK), and

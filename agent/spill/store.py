@@ -3,9 +3,27 @@
 This module owns the spill directory: creating it (mode 0700), checking it
 (owned by the agent's user, not writable by group or others), the exclusive lock
 on it, the installation's checksum secret (file `seed`), the conversion of
-version-1 ring files, the split of `[spill] max_bytes` across the classes, the
-check that the disk can hold that much before anything is allocated, and the
-batch payload encoding. One ring is `ring.py`'s (`SpillRing`); its on-disk
+version-1 ring files, the one spill budget (`SpillBudget`: `[spill] max_bytes`
+shared by the classes), the check that the disk can hold that much before
+anything is allocated, and the batch payload encoding.
+
+One spill budget (issue 11), the layout chosen: still one ring file per class
+(so priority, FIFO per class, drain order, recovery and the damage rule are the
+ring's, unchanged), but each ring is a *sparse* circle as large as the whole
+budget, of which only the window from its head to its tail is allocated. The
+ring allocates (posix_fallocate, then zeros written with pwrite, 1 MiB at a
+time, ~0.5-1 ms) just ahead of its tail and punches (FALLOC_FL_PUNCH_HOLE)
+what its head has passed; the budget decides whether it may take more. What no
+ring holds is kept allocated in the file `pool`, so `max_bytes` stays reserved
+on the disk as before (the pool shrinks by what a ring takes, grows by what it
+gives back). Any class may take free space; critical and high each keep 1/16
+of the budget that no other class can take. When the budget is full the policy
+(agent/pressure.py) makes room lowest class first, oldest first: a lower class's
+oldest run on disk is dropped (its head moves, its pages are punched and return
+to the pool), so a higher class claims space a lower one held. Chosen over
+fixed-size segments shared by the classes (a new on-disk format and recovery)
+and over rings that grow and shrink in place (a ring cannot give back space at
+its front without moving its data). One ring is `ring.py`'s (`SpillRing`); its on-disk
 format `format.py`'s, its recovery `recover.py`'s, its file mechanics
 `ringfile.py`'s.
 
@@ -43,6 +61,9 @@ Promises:
 - Priority survives the spill: each class has its own ring, so a drain can take
   critical data first and eviction can take the lowest class first (NiFi lost
   priority order across swap, FACTS).
+- The rings' windows and the pool never hold more than `max_bytes` (plus one
+  page per ring's header and rounding), and no byte is written through a
+  mapping before it was allocated (the SIGBUS rule, ringfile.py).
 - The store never calls the loop; every operation returns at once.
 
 # Invariant: spilled_events - dropped_events - released == events on disk, per
@@ -85,12 +106,9 @@ from agent.spill.ringfile import fsync_dir, open_private, read_head
 
 log = logging.getLogger("agent.spill")
 
-# Shares of max_bytes, in eighths, indexed by class (critical, high, normal, low).
-# Critical is ~1% of a brownout's events and drained first: 1/8 of the default
-# 2 GiB is 256 MiB, about two million 120-byte alerts, far beyond the ~50,000 of a
-# 10 s spike at 500,000 events/s. Normal and low carry the bulk of a spike and are
-# what memory pressure pushes out first, so they get 3/8 each; high (restores,
-# tamper) is rare like critical.
+# The fixed shares of max_bytes of the rings before the one budget, in eighths
+# (critical, high, normal, low). Kept only as the smallest max_bytes check
+# (`ring_sizes`, and config.py's SPILL_MIN_BYTES, which is derived from it).
 RING_SHARES = (1, 1, 3, 3)
 _SHARE_UNIT = sum(RING_SHARES)
 # Smallest ring we create: 64 KiB of data holds a few 16 KiB chunks; less than
