@@ -618,9 +618,12 @@ def test_write_through_survives_a_crash_with_bounded_duplicates() -> None:
     for turn in range(10):
         events += rig.ingest(H, 7)
         rig.pressure.make_room(turn * 1.1 * WT_AFTER)
-    assert rig.store.written == 63, "all but the last turn's, younger than the delay"
+    # Every other turn something falls due and everything queued is written
+    # with it (one run per delay, not per turn).
+    assert rig.store.written == 70
+    assert 5 <= len(rig.store.read[H]) <= 6  # a run never spans two chunks
     rig.publish(H, 30)
-    rig.pressure.make_room(11 * WT_AFTER)  # releases 4 runs of 7; writes the last turn's
+    rig.pressure.make_room(11 * WT_AFTER)  # releases the 2 runs of 14 delivered
     young = rig.ingest(H, 3)  # accepted just now: may be lost
     rig.store.crash()
     rig.queues, rig.governor = ClassQueues(), rig.new_governor()
