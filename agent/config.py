@@ -166,7 +166,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
     ),
     "upstream.curve": ("secret_key_file", "allowed_keys_dir"),
     "buffer": ("budget_bytes", "critical_reserve_bytes", "shrink_after_s"),
-    "spill": ("dir", "max_bytes", "flush_interval_ms"),
+    "spill": ("dir", "max_bytes", "flush_interval_ms", "write_through"),
     "http": ("bind", "allowed_hosts"),
     "classes": CLASS_NAMES,
 }
@@ -827,7 +827,25 @@ def _parse_spill(t: _Table, base: str | None) -> SpillSettings:
         # Under 10 ms the flushes (0.1-10 ms each, FACTS.md) eat the loop;
         # over a minute is more loss than an operator would accept.
         flush_interval_ms=t.integer("flush_interval_ms", d.flush_interval_ms, 10, 60_000),
+        write_through=_write_through(t, d.write_through),
     )
+
+
+def _write_through(t: _Table, default: tuple[str, ...]) -> tuple[str, ...]:
+    """`[spill] write_through`: class names, each at most once (any order; the
+    agent applies them in class order). [] turns write-through off."""
+    if not t.has("write_through"):
+        return default
+    names = t.string_list("write_through")
+    for name in names:
+        if name not in CLASS_NAMES:
+            t.fail(
+                "write_through",
+                f"unknown class {_show(name)} (the classes: {', '.join(CLASS_NAMES)})",
+            )
+    if len(set(names)) != len(names):
+        t.fail("write_through", "names a class twice")
+    return tuple(n for n in CLASS_NAMES if n in names)
 
 
 def _parse_http(t: _Table) -> HttpSettings:

@@ -52,7 +52,7 @@ from agent.batching import (
     in_flight,
     message_events,
 )
-from agent.classes import CLASSES, EventClass
+from agent.classes import CLASSES, EventClass, class_by_name
 from agent.codec import MULTIPART, DecodeResult
 from agent.curve import CurveError, CurveGuard
 from agent.governor import BufferGovernor
@@ -451,8 +451,17 @@ class Agent:
                 max_peers=s.ingest.max_peers,
             )
         )
-        # Marks queues whose ring holds events from a previous run.
-        self.pressure = BufferPressure(self.queues, self.governor, self.store, self.telemetry)
+        # Marks queues whose ring holds events from a previous run. Write-through
+        # waits out one upstream linger (a batch that leaves on time is never
+        # written) plus 5 ms.
+        self.pressure = BufferPressure(
+            self.queues,
+            self.governor,
+            self.store,
+            self.telemetry,
+            write_through=[int(class_by_name(n)) for n in s.spill.write_through],
+            write_through_after_s=s.upstream.linger_ms / 1000 + 0.005,
+        )
         self.paused = False
         # The lane took the last room of a turn while bulk waited: the next
         # turn reads bulk first (LANE_MAX_BURSTS).
@@ -602,6 +611,9 @@ class Agent:
                     timeout = min(timeout, wait)
             if q.hold_back and self.pressure.can_drain(cls, deliverable[cls]):
                 timeout = 0.0
+        due = self.pressure.write_through_due_s(now)
+        if due is not None:
+            timeout = min(timeout, due)
         return timeout
 
     # -- ingest ----------------------------------------------------------------
@@ -854,6 +866,7 @@ class Agent:
             ingest_unauthorized=curve.ingest.unauthorized,
             paused=self.paused,
             peers=[pull.peers.statistics() for pull in self._pulls],
+            write_through=self.pressure.write_through_state(),
         )
 
     # -- stop --------------------------------------------------------------------
@@ -875,7 +888,7 @@ class Agent:
             if self._turn(min(STOP_IDLE_S, self._poll_timeout(now))):
                 last_frame = time.monotonic()
         self._stop_ingest()
-        parked, lost = self.pressure.park_in_memory_events()
+        parked, lost = self.pressure.park_in_memory_events(time.monotonic())
         self._next_drop_log = 0.0
         self._timers(time.monotonic())  # log what was evicted, once per class
         self.store.flush()

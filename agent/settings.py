@@ -142,6 +142,10 @@ class SpillSettings:
     max_bytes: int = 2048 * MiB
     # msync interval: what a power loss can cost at most (README, durability).
     flush_interval_ms: int = 1000
+    # Classes whose events, when not handed to ZeroMQ at once, are also written to
+    # their ring within a few ms while they stay queued (INTERFACE.md, "Crash
+    # durability"): a kill -9 loses none of them accepted > 50 ms before.
+    write_through: tuple[str, ...] = ("critical", "high")
 
 
 @dataclasses.dataclass(frozen=True)

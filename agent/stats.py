@@ -41,6 +41,16 @@ class BufferStats:
 
 
 @dataclasses.dataclass(frozen=True)
+class WriteThroughStats:
+    """One class's write-through state (INTERFACE.md, "Crash durability")."""
+
+    enabled: bool = False
+    written_events: int = 0  # written to the ring while queued, since start
+    held_events: int = 0  # queued in memory and on disk now
+    lagging_events: int = 0  # queued, not on disk yet (younger than the delay, or no room)
+
+
+@dataclasses.dataclass(frozen=True)
 class SpillStats:
     enabled: bool = False
     dir: str = ""
@@ -52,6 +62,9 @@ class SpillStats:
     corrupt_records: int = 0  # skipped at start-up scans
     flushes: int = 0
     drain_eta_s: float | None = None  # None: nothing pending, or no drain rate yet
+    corrupt_events: int = 0  # events of damaged pieces whose header survived
+    corrupt_bytes: int = 0  # bytes skipped over damage
+    write_through: tuple[WriteThroughStats, ...] = ()  # indexed by class; () if not reported
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +215,21 @@ class Snapshot:
                 "pending_by_class": {
                     name: {"events": c.pending, "bytes": c.pending_bytes}
                     for name, c in zip(CLASS_NAMES, self.classes, strict=True)
+                },
+                "corrupt_events": s.corrupt_events,
+                "corrupt_bytes": s.corrupt_bytes,
+                "write_through": {
+                    name: {
+                        "enabled": w.enabled,
+                        "written_events": w.written_events,
+                        "held_events": w.held_events,
+                        "lagging_events": w.lagging_events,
+                    }
+                    for name, w in zip(
+                        CLASS_NAMES,
+                        s.write_through or (WriteThroughStats(),) * len(CLASS_NAMES),
+                        strict=True,
+                    )
                 },
             },
             "priorities": {

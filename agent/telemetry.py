@@ -32,7 +32,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from agent.classes import CLASSES
 from agent.stats import (
@@ -44,6 +44,7 @@ from agent.stats import (
     Snapshot,
     SpillStats,
     UpstreamStats,
+    WriteThroughStats,
 )
 
 if TYPE_CHECKING:  # only the types: this module touches no file and no socket
@@ -51,6 +52,15 @@ if TYPE_CHECKING:  # only the types: this module touches no file and no socket
     from agent.peers import PeerStats
     from agent.queues import ClassQueues
     from agent.spill.store import SpillStoreStats
+
+
+class WriteThroughLike(Protocol):
+    """One class's write-through state (`agent.pressure.WriteThroughState`)."""
+
+    enabled: bool
+    held: int
+    lagging: int
+
 
 # The drain rate is smoothed over about this many seconds: long enough that
 # one slow turn does not swing the ETA, short enough to follow a subscriber
@@ -63,7 +73,7 @@ MIN_RATE_FOR_ETA = 1.0
 class ClassCounters:
     """Events of one class since start (the snapshot's per-class counters)."""
 
-    __slots__ = ("received", "delivered", "spilled", "recovered", "dropped")
+    __slots__ = ("received", "delivered", "spilled", "recovered", "dropped", "written_through")
 
     def __init__(self) -> None:
         self.received = 0
@@ -71,6 +81,7 @@ class ClassCounters:
         self.spilled = 0
         self.recovered = 0
         self.dropped = 0
+        self.written_through = 0  # also written to the ring while queued (write-through)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +154,9 @@ class Telemetry:
 
     def spilled(self, cls: int, n: int) -> None:
         self.classes[cls].spilled += n
+
+    def written_through(self, cls: int, n: int) -> None:
+        self.classes[cls].written_through += n
 
     def recovered(self, cls: int, n: int) -> None:
         self.classes[cls].recovered += n
@@ -233,6 +247,7 @@ class Telemetry:
         ingest_unauthorized: int,
         paused: bool,
         peers: Sequence[PeerStats] = (),
+        write_through: Sequence[WriteThroughLike] = (),
     ) -> Snapshot:
         """Everything a person may ask, from each component's statistics().
         `peers`: the PeerTable statistics of each PULL socket (bulk, lane)."""
@@ -278,6 +293,19 @@ class Telemetry:
                 corrupt_records=store.corrupt_records,
                 flushes=store.flushes,
                 drain_eta_s=self.drain_eta_s(store.pending_events),
+                corrupt_events=store.corrupt_events,
+                corrupt_bytes=store.corrupt_bytes,
+                write_through=tuple(
+                    WriteThroughStats(
+                        enabled=w.enabled,
+                        written_events=c.written_through,
+                        held_events=w.held,
+                        lagging_events=w.lagging,
+                    )
+                    for w, c in zip(write_through, self.classes, strict=True)
+                )
+                if write_through
+                else (),
             ),
             ingest=IngestStats(
                 frames=self.frames,

@@ -13,6 +13,11 @@ temp dir, removed afterwards):
 3. open/recovery of a full ring of --ring-mib: page cache warm, cold (pages
    dropped with posix_fadvise DONTNEED after an fsync), and with both header
    slots destroyed (a full scan).
+4. open/recovery of a whole spill store of --store-mib (default 2 GiB, the
+   packaged max_bytes) with every ring full of runs of 4 KiB pieces: warm,
+   cold, and damaged as issue 11 damaged it (per file: 64 bit flips, one
+   zeroed 4 KiB block, 512 random bytes inside data pages), cold.
+   `--only store` runs just this part.
 Prints the machine first. A script, not a test: nothing here asserts.
 """
 
@@ -22,6 +27,7 @@ import argparse
 import importlib.metadata
 import os
 import platform
+import random
 import shutil
 import sys
 import tempfile
@@ -269,16 +275,87 @@ def bench_recovery(dir: str, ring_mib: int) -> None:
     reopen("first record torn")
 
 
+def damage_file(path: str, rng: random.Random) -> None:
+    """Issue 11's damage: 64 bit flips, one zeroed 4 KiB block, 512 random bytes,
+    all inside pages of the data region (the rings are full: every page holds data)."""
+    size = os.path.getsize(path)
+    pages = (size - DATA_OFFSET) // 4096
+    with open(path, "r+b") as f:
+        for _ in range(64):
+            at = DATA_OFFSET + rng.randrange(pages) * 4096 + rng.randrange(4096)
+            f.seek(at)
+            b = f.read(1)[0]
+            f.seek(at)
+            f.write(bytes([b ^ (1 << rng.randrange(8))]))
+        f.seek(DATA_OFFSET + rng.randrange(pages) * 4096)
+        f.write(bytes(4096))
+        f.seek(DATA_OFFSET + rng.randrange(pages) * 4096 + rng.randrange(4096 - 512))
+        f.write(rng.randbytes(512))
+
+
+def bench_store_recovery(dir: str, store_mib: int) -> None:
+    path = os.path.join(dir, "store")
+    blob, ends = make_chunk()
+    t = time.perf_counter()
+    store = SpillStore.open(path, store_mib * MiB)
+    create = time.perf_counter() - t
+    t = time.perf_counter()
+    chunks = 0
+    for cls in range(4):
+        while store.push_back(cls, blob, ends):
+            chunks += 1
+    fill = time.perf_counter() - t
+    events = store.statistics().pending_events
+    store.close()
+    print(
+        f"recovery of a full {store_mib} MiB spill store ({chunks} chunks, {events} events "
+        f"of {EVENT_BYTES} bytes, runs of 4 KiB pieces):"
+    )
+    print(f"  create (fallocate, zero-fill)     {create * 1e3:8.1f} ms")
+    print(
+        f"  fill                              {fill * 1e3:8.1f} ms  "
+        f"({fill / chunks * 1e3:.2f} ms/chunk)"
+    )
+    rings = sorted(str(p) for p in Path(path).glob("*.ring"))
+
+    def reopen(label: str) -> None:
+        t = time.perf_counter()
+        st = SpillStore.open(path, store_mib * MiB)
+        took = time.perf_counter() - t
+        s = st.statistics()
+        st.close()
+        print(
+            f"  open, {label:<28}{took * 1e3:8.1f} ms  ({s.pending_events} events, "
+            f"{s.corrupt_records} pieces / {s.corrupt_events} events / {s.corrupt_bytes} bytes "
+            f"skipped, {s.pending_events / events:.2%} kept)"
+        )
+
+    reopen("page cache warm")
+    for r in rings:
+        drop_cache(r)
+    reopen("page cache dropped")
+    rng = random.Random(11)
+    for r in rings:
+        damage_file(r, rng)
+        drop_cache(r)
+    reopen("damaged, cache dropped")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", help="where to put the ring files (default: a temp dir)")
     ap.add_argument("--ring-mib", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--store-mib", type=int, default=2048)
+    ap.add_argument("--only", choices=("store",), help="run only this part")
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="bench-spill-", dir=args.dir)
     try:
         print(machine(base))
         print()
+        if args.only == "store":
+            bench_store_recovery(base, args.store_mib)
+            return
         bench_baseline(make_chunk()[0])
         print()
         bench_throughput(base, args.rounds)
@@ -288,6 +365,8 @@ def main() -> None:
         bench_flush(base, args.rounds)
         print()
         bench_recovery(base, args.ring_mib)
+        print()
+        bench_store_recovery(base, args.store_mib)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

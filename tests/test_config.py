@@ -78,6 +78,7 @@ ALL_KEYS = [
     "spill.dir",
     "spill.max_bytes",
     "spill.flush_interval_ms",
+    "spill.write_through",
     "http.bind",
     "http.allowed_hosts",
     "classes.critical",
@@ -262,6 +263,13 @@ KEY_CASES: list[tuple[str, str, str, list[str], str]] = [
     ("spill.flush_interval_ms", "true", "boolean", ["9", "60001"], ""),
     ("ingest.insecure_plaintext", '"true"', "string", [], ""),
     ("upstream.insecure_plaintext", "1", "integer", [], ""),
+    (
+        "spill.write_through",
+        '"critical"',
+        "string",
+        ['["alerts"]', '["high", "high"]', '[""]', '["Critical"]'],
+        "",
+    ),
     ("http.bind", "8080", "integer", ['"127.0.0.1:65536"', '"localhost"', '"*:80"', '":80"'], ""),
     ("http.allowed_hosts", '"gw-01"', "string", ['["http://gw-01"]', '["gw-01:8080"]'], ""),
     *(
@@ -712,7 +720,7 @@ def test_changed_keys_knows_every_key() -> None:
             insecure_plaintext=True,
         ),
         buffer=BufferSettings(4 * MiB, 0, 1.0),
-        spill=SpillSettings("/x", MiB, 10),
+        spill=SpillSettings("/x", MiB, 10, ("low",)),
         http=HttpSettings("::1", 0, ("gw.example",)),
         classes=ClassRules(
             {
@@ -1276,3 +1284,10 @@ def test_lane_keys_need_a_restart() -> None:
     changed = changed_keys(old, new)
     assert changed == ["ingest.priority_bind", "ingest.max_peers"]
     assert not set(changed) & RELOADABLE
+
+
+def test_write_through_names_classes_in_class_order_and_may_be_off() -> None:
+    assert parse_config_text("").spill.write_through == ("critical", "high")
+    s = parse_config_text('[spill]\nwrite_through = ["low", "critical"]\n')
+    assert s.spill.write_through == ("critical", "low")
+    assert parse_config_text("[spill]\nwrite_through = []\n").spill.write_through == ()

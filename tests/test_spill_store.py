@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 from agent.spill import SpillError, SpillStore, ring_sizes
 from agent.spill.format import DATA_OFFSET
-from agent.spill.store import LOCK_NAME, MIN_RING_BYTES, RING_SHARES, ring_file_name
+from agent.spill.store import LOCK_NAME, MIN_RING_BYTES, ring_file_name
 
 MiB = 1024 * 1024
 REPO = str(Path(__file__).resolve().parents[1])
@@ -78,7 +79,7 @@ def test_bad_batches_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError):
         store.push_back(1, b"abc", [4])  # ends beyond the blob
     with pytest.raises(ValueError):
-        store.push_back(1, bytes(store.max_batch_bytes(1)), [store.max_batch_bytes(1)])
+        store.push_back(1, bytes(2 * store.max_batch_bytes(1)), [2 * store.max_batch_bytes(1)])
     store.close()
 
 
@@ -214,23 +215,54 @@ def test_dir_that_is_a_file(tmp_path) -> None:
         SpillStore.open(str(f), 8 * MiB)
 
 
-def test_max_bytes_is_split_by_class(tmp_path) -> None:
+def blocks(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def test_one_budget_any_class_may_use_free_space_and_it_stays_reserved(tmp_path) -> None:
     d = tmp_path / "spill"
-    max_bytes = 64 * MiB + 12345
+    max_bytes = 64 * MiB
     store = SpillStore.open(str(d), max_bytes)
-    sizes = ring_sizes(max_bytes)
-    assert sum(sizes) <= max_bytes
-    assert sizes[0] == sizes[1] and sizes[2] == sizes[3] and sizes[2] > sizes[0]
-    for cls, size in enumerate(sizes):
-        assert abs(size - max_bytes * RING_SHARES[cls] / sum(RING_SHARES)) <= 4096
-        path = d / ring_file_name(cls)
-        assert path.stat().st_size == size
-        assert path.stat().st_blocks * 512 >= size  # preallocated, not sparse
+    files = [d / ring_file_name(c) for c in range(4)] + [d / "pool"]
+    for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert store.statistics().file_bytes == sum(sizes)
+    total = sum(map(blocks, files))
+    assert max_bytes <= total <= max_bytes + 4 * 16 * 1024, "the budget reserved on the disk"
+    # Normal alone fills far more than a fixed share (3/8) would have let it.
+    n = 0
+    while store.push_back(2, *chunk(2000, first=n)):
+        n += 2000
+    budget = store.budget
+    assert budget is not None
+    reserved = 2 * budget.total // 16  # critical's and high's guaranteed minimum
+    assert n * 124 >= (budget.total - reserved) * 0.97
+    assert store.statistics().file_bytes <= max_bytes + 4 * 16 * 1024
+    assert sum(map(blocks, files)) <= max_bytes + 4 * 16 * 1024, "never beyond the budget"
+    # Critical and high still have their minimum.
+    assert store.push_back(0, *chunk(2000)) and store.push_back(1, *chunk(2000))
+    # Drained, the space goes back to the pool for any class.
+    assert len(drain_class(store, 2)) == n
+    assert blocks(d / ring_file_name(2)) <= 4 * 4096 + 16 * 1024
+    assert store.push_back(3, *chunk(2000))
     store.close()
     with pytest.raises(ValueError, match="too small"):
         ring_sizes(8 * MIN_RING_BYTES - 1)
+
+
+def test_one_budget_survives_a_reopen(tmp_path) -> None:
+    d = tmp_path / "spill"
+    store = SpillStore.open(str(d), 32 * MiB)
+    for k in range(20):
+        assert store.push_back(k % 4, *chunk(500, first=k * 500))
+    store.drop_front(2)
+    before = [s.pending_events for s in store.statistics().classes]
+    store.close()
+    store = SpillStore.open(str(d), 32 * MiB)
+    assert [s.pending_events for s in store.statistics().classes] == before
+    assert store.budget is not None and sum(store.budget.used) > 0
+    files = [d / ring_file_name(c) for c in range(4)] + [d / "pool"]
+    assert sum(map(blocks, files)) <= 32 * MiB + 4 * 16 * 1024
+    store.close()
 
 
 def test_max_bytes_beyond_free_space_fails_up_front(tmp_path) -> None:
@@ -370,4 +402,207 @@ def test_flush_and_close_are_idempotent(tmp_path) -> None:
     assert calls >= 4  # ~2.4 MB dirty in 256 KiB steps (spans round to pages)
     assert store.flush()
     store.close()
+    store.close()
+
+
+# ------------------------------------------- the spill dir as possibly hostile
+
+
+def test_a_dir_writable_by_group_or_others_is_refused(tmp_path) -> None:
+    d = tmp_path / "spill"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    with pytest.raises(SpillError, match=r"spill dir .*spill is writable by group or others"):
+        SpillStore.open(str(d), 8 * MiB)
+    assert os.listdir(d) == [], "nothing created in a refused dir"
+    os.chmod(d, 0o755)  # not writable by others: accepted as found
+    SpillStore.open(str(d), 8 * MiB).close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_dir_owned_by_another_user_is_refused(tmp_path) -> None:
+    d = tmp_path / "spill"
+    d.mkdir(mode=0o700)
+    os.chown(d, 4242, 4242)
+    with pytest.raises(SpillError, match=r"owned by uid 4242, not by the agent's user"):
+        SpillStore.open(str(d), 8 * MiB)
+
+
+def test_symlinks_in_the_spill_dir_are_refused_and_their_victims_untouched(tmp_path) -> None:
+    from agent.spill import next_epoch
+
+    d = tmp_path / "spill"
+    d.mkdir(mode=0o700)
+    victims = {}
+    for name in (LOCK_NAME, "epoch.tmp", ring_file_name(2)):
+        victim = tmp_path / f"victim-{name}"
+        victim.write_bytes(b"precious " * 100)
+        victims[victim] = victim.read_bytes()
+        os.symlink(victim, d / name)
+    with pytest.raises(SpillError, match=r"LOCK: it is a symlink \(refused\)"):
+        SpillStore.open(str(d), 8 * MiB)
+    os.unlink(d / LOCK_NAME)
+    with pytest.raises(SpillError, match=r"2-normal.ring: cannot open: it is a symlink"):
+        SpillStore.open(str(d), 8 * MiB)
+    # epoch.tmp is created exclusively: a planted link is removed, never followed.
+    next_epoch(str(d), 5)
+    assert not os.path.islink(d / "epoch.tmp") and (d / "epoch").read_text() == "5\n"
+    for victim, before in victims.items():
+        assert victim.read_bytes() == before, f"{victim} was touched"
+
+
+def test_a_fifo_in_place_of_a_ring_file_is_refused_without_blocking(tmp_path) -> None:
+    d = tmp_path / "spill"
+    d.mkdir(mode=0o700)
+    os.mkfifo(d / ring_file_name(0))
+    with pytest.raises(SpillError, match=r"0-critical.ring: cannot open: not a regular file"):
+        SpillStore.open(str(d), 8 * MiB)
+
+
+def test_the_seed_is_created_once_private_and_records_planted_from_elsewhere_fail(
+    tmp_path,
+) -> None:
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    store = SpillStore.open(a, 8 * MiB)
+    seed = os.path.join(a, "seed")
+    assert stat.S_IMODE(os.stat(seed).st_mode) == 0o600 and os.path.getsize(seed) == 16
+    secret = Path(seed).read_bytes()
+    store.push_back(1, *chunk(50))
+    store.close()
+    SpillStore.open(a, 8 * MiB).close()
+    assert Path(seed).read_bytes() == secret, "kept across starts"
+    # Another installation's ring file planted here: its records fail the checksums.
+    SpillStore.open(b, 8 * MiB).close()
+    shutil.copy(os.path.join(a, ring_file_name(1)), os.path.join(b, ring_file_name(1)))
+    store = SpillStore.open(b, 8 * MiB)
+    assert store.pending(1) == 0 and drain_class(store, 1) == []
+    store.close()
+
+
+def test_a_damaged_seed_file_is_refused_naming_it(tmp_path) -> None:
+    d = str(tmp_path / "spill")
+    SpillStore.open(d, 8 * MiB).close()
+    Path(d, "seed").write_bytes(b"short")
+    with pytest.raises(SpillError, match=r"spill seed .*seed holds 5 bytes, not 16"):
+        SpillStore.open(d, 8 * MiB)
+
+
+# ---------------------------------------------------- format version 1 files
+
+
+def write_v1_ring(path: str, size: int, cls: int, batches: list[tuple[bytes, array]]) -> None:
+    """A ring file as version 1 wrote it: fixed seeds, one record per batch whose
+    payload is the ends array then the blob, version 1 in both header slots."""
+    from agent.spill.format import (
+        FORMAT_V1,
+        SLOT_BYTES,
+        SLOT_ENCODED_BYTES,
+        decode_slot,
+        encode_slot,
+    )
+    from agent.spill.ring import SpillRing
+
+    ring = SpillRing.open(path, size, cls)
+    for blob, ends in batches:
+        assert ring.push_back(bytes(ends) + bytes(blob), len(ends))
+    ring.close()
+    with open(path, "r+b") as f:
+        for off in (0, SLOT_BYTES):
+            f.seek(off)
+            state = decode_slot(f.read(SLOT_ENCODED_BYTES), cls)
+            assert state is not None
+            f.seek(off)
+            f.write(encode_slot(state, version=FORMAT_V1))
+
+
+def test_a_version_1_ring_is_converted_at_the_open_never_discarded(tmp_path) -> None:
+    d = tmp_path / "spill"
+    d.mkdir(mode=0o700)
+    sizes = ring_sizes(8 * MiB)
+    batches = [chunk(40, first=40 * k) for k in range(5)]
+    write_v1_ring(str(d / ring_file_name(3)), sizes[3], 3, batches)
+    store = SpillStore.open(str(d), 8 * MiB)
+    assert store.statistics().classes[3].converted_events == 200
+    assert not (d / (ring_file_name(3) + ".v1")).exists()
+    store.close()
+    # Converted on disk: the next open reads version 2, no conversion again.
+    store = SpillStore.open(str(d), 8 * MiB)
+    assert store.statistics().classes[3].converted_events == 0
+    want = [e for blob, ends in batches for e in events(blob, ends)]
+    assert drain_class(store, 3) == want
+    store.close()
+
+
+def test_a_conversion_cut_short_starts_over_from_the_old_file(tmp_path) -> None:
+    d = tmp_path / "spill"
+    d.mkdir(mode=0o700)
+    sizes = ring_sizes(8 * MiB)
+    batches = [chunk(30, first=30 * k) for k in range(3)]
+    old = str(d / (ring_file_name(2) + ".v1"))
+    write_v1_ring(old, sizes[2], 2, batches)
+    # The half-written new ring of a conversion killed midway.
+    partial = SpillStore.open(str(tmp_path / "other"), 8 * MiB)
+    partial.close()
+    shutil.copy(tmp_path / "other" / ring_file_name(2), d / ring_file_name(2))
+    store = SpillStore.open(str(d), 8 * MiB)
+    want = [e for blob, ends in batches for e in events(blob, ends)]
+    assert drain_class(store, 2) == want, "each event once, in order"
+    assert not os.path.exists(old)
+    store.close()
+
+
+def test_one_budget_a_fill_of_the_usual_mix_evicts_nothing_up_to_80_percent(tmp_path) -> None:
+    """Issue 11: the usual mix (1% critical, 2% high, 92% normal, 5% low), no
+    head-end, through the real buffer policy into a real store: nothing is
+    evicted while the spill has room (a fill to 80% of max_bytes); past it the
+    lowest class's oldest go first, and every eviction is counted."""
+    from agent.governor import BufferGovernor
+    from agent.pressure import BufferPressure
+    from agent.queues import CHUNK_BYTES, ClassQueues
+    from agent.telemetry import AgentIdentity, Telemetry
+
+    max_bytes = 32 * MiB
+    store = SpillStore.open(str(tmp_path / "spill"), max_bytes)
+    queues = ClassQueues()
+    governor = BufferGovernor(4 * MiB, MiB, 60.0, 8 * CHUNK_BYTES, burst_bytes=2 * CHUNK_BYTES)
+    telemetry = Telemetry(AgentIdentity("gw", "0", 1, 0.0, 4 * MiB, MiB, "/spill"))
+    pressure = BufferPressure(queues, governor, store, telemetry, (0, 1), 0.01)
+    mix = [0] * 1 + [1] * 2 + [2] * 92 + [3] * 5
+    rng = random.Random(5)
+    sent = [0] * 4
+    now = 0.0
+    first_dropped: list[int] = []
+
+    def fill(until_bytes: int) -> None:
+        nonlocal now
+        offered = sum(sent) * 120
+        while offered < until_bytes:
+            burst: list[list[bytes]] = [[], [], [], []]
+            for _ in range(500):
+                cls = rng.choice(mix)
+                burst[cls].append(sent[cls].to_bytes(4, "little") * 30)
+                sent[cls] += 1
+            for cls, evs in enumerate(burst):
+                queues[cls].push_many(evs)
+                telemetry.classes[cls].received += len(evs)
+            now += 0.02
+            assert pressure.make_room(now), "ingest paused"
+            if not first_dropped:
+                first_dropped.extend(c for c in range(4) if telemetry.classes[c].dropped)
+            offered += 500 * 120
+
+    fill(int(max_bytes * 0.8))
+    assert [c.dropped for c in telemetry.classes] == [0, 0, 0, 0], "evicted with room left"
+    assert store.statistics().pending_events > 0.7 * max_bytes / 130
+    fill(int(max_bytes * 1.3))
+    dropped = [c.dropped for c in telemetry.classes]
+    assert dropped[0] == dropped[1] == 0 and dropped[3] > 0
+    # The first eviction took low alone (the lowest class, its oldest); normal
+    # goes only once low has nothing left to give at that moment (the order
+    # within a turn: tests/test_pressure.py's models).
+    assert first_dropped == [3]
+    for cls in range(4):
+        c = telemetry.classes[cls]
+        held = queues[cls].events + store.pending(cls)
+        assert c.received == held + c.dropped, cls
     store.close()

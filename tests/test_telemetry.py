@@ -40,6 +40,8 @@ def store_stats(pending: tuple[int, ...] = (0, 0, 0, 0)) -> Any:
         file_bytes=4 << 20,
         corrupt_records=2,
         flushes=5,
+        corrupt_events=7,
+        corrupt_bytes=4096,
     )
 
 

@@ -9,9 +9,15 @@ bytes out. It opens no file, maps nothing and reads no clock; `ring.py`
 (`SpillRing`) is the only code that puts these bytes in a file, `recover.py`
 the code that walks a found (possibly damaged) file.
 
-Seeds and granularity: every checksum goes through the seeds below and one crc
-per record; a per-installation seed or checksums per block of a record change
-this module and recover.py's walk, not the ring's state machine.
+Seeds and granularity (format version 2): every checksum is seeded from the
+installation's secret (`seeds_from_secret`, the store keeps it in the spill
+dir), so a record planted by someone who can write the dir but never read the
+secret fails its checksum. One spilled chunk is written as a *run* of small
+records (pieces) of at most `PIECE_BYTES` payload each, every piece with its own
+header and checksum: damage costs only the pieces it hits (a few KiB, ~30
+events of 120 bytes), never the whole 256 KiB chunk. Version 1 (one record per
+chunk, fixed seeds) is still decoded here, for the conversion at start
+(store.py).
 
 File layout (little-endian, every offset 8-byte aligned)::
 
@@ -19,7 +25,9 @@ File layout (little-endian, every offset 8-byte aligned)::
     [4096, 8192)   header slot B   } highest generation wins (one page each, so a
                                      torn page write can only hit one slot)
     [8192, end)    data region: a circle of items, never split at its end
-        batch item: 48-byte record header + payload, padded to 8 bytes
+        batch item: a run of pieces back to back, each a 48-byte record header +
+                    payload, padded to 8 bytes; `more` in a piece's header
+                    says how many pieces of its run follow it
         skip item:  48-byte record header; the reader jumps over `length` more
                     bytes (a wrap marker when it reaches the end of the region,
                     or the hole push_front leaves at the start of the region)
@@ -40,9 +48,10 @@ Promises:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import mmh3
 
@@ -59,7 +68,8 @@ def _hash32_mmh3_v4(key: Buffer, seed: int) -> int:  # pragma: no cover - mmh3 4
 _hash32: Callable[[Buffer, int], int] = getattr(mmh3, "mmh3_32_uintdigest", _hash32_mmh3_v4)
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_V1 = 1  # one record per chunk, fixed seeds: converted at start (store.py)
 ALIGN = 8
 SLOT_BYTES = 4096  # one page per header slot
 DATA_OFFSET = 2 * SLOT_BYTES
@@ -75,6 +85,46 @@ INITIAL_SEQ = 1 << 32
 SLOT_SEED = 0x3C6E_F372
 RECORD_SEED = 0x9E37_79B9
 RECORD_HEADER_SEED = 0x7F4A_7C15
+
+# A piece's payload at most (its ends array and event bytes): damage costs one
+# piece, so this is the granularity of loss. 4 KiB: one flash page; the 48-byte
+# header costs 1.2% of the disk; a 256 KiB chunk is a run of ~64 pieces. A piece
+# holds at least one event, so one larger event is a piece of its own.
+PIECE_BYTES = 4096
+# A piece's payload starts with the run offset of its first event (u32): the
+# ends that follow are relative to the run's start, so an intact run reads back
+# without rebasing, and a run cut by damage is rebased from it.
+PIECE_PREFIX = 4
+# `more` is a u16: a run has at most this many pieces.
+MAX_RUN_PIECES = 0x1_0000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Seeds:
+    """The three checksum seeds of one installation (or the fixed ones of version 1)."""
+
+    slot: int
+    record: int
+    header: int
+
+
+# Version 1's seeds, and the default of the pure functions (tests, tools).
+FIXED_SEEDS = Seeds(SLOT_SEED, RECORD_SEED, RECORD_HEADER_SEED)
+SECRET_BYTES = 16
+
+
+def seeds_from_secret(secret: bytes) -> Seeds:
+    """Seeds derived from an installation's random secret; never zero, all distinct."""
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"a spill seed secret is {SECRET_BYTES} bytes, got {len(secret)}")
+    got: list[int] = []
+    for base in (SLOT_SEED, RECORD_SEED, RECORD_HEADER_SEED):
+        seed = _hash32(secret, base) or 1
+        while seed in got:
+            seed = (seed + 1) & 0xFFFF_FFFF or 1
+        got.append(seed)
+    return Seeds(*got)
+
 
 # ---------------------------------------------------------------- header slot
 
@@ -102,10 +152,12 @@ class SlotState:
     prepared: int  # data bytes zero-filled at creation (< data_size: creation was cut short)
 
 
-def encode_slot(state: SlotState) -> bytes:
+def encode_slot(
+    state: SlotState, seeds: Seeds = FIXED_SEEDS, version: int = FORMAT_VERSION
+) -> bytes:
     body = _SLOT.pack(
         SLOT_MAGIC,
-        FORMAT_VERSION,
+        version,
         state.class_index,
         state.generation,
         state.file_size,
@@ -117,19 +169,25 @@ def encode_slot(state: SlotState) -> bytes:
         state.tail_seq,
         state.prepared,
     )
-    return body + _U32.pack(_hash32(body, SLOT_SEED))
+    return body + _U32.pack(_hash32(body, seeds.slot))
 
 
-def decode_slot(buf: Buffer, class_index: int | None = None) -> SlotState | None:
-    """The slot's state, or None when it is torn, corrupt, foreign or inconsistent."""
+def decode_slot(
+    buf: Buffer,
+    class_index: int | None = None,
+    seeds: Seeds = FIXED_SEEDS,
+    version: int = FORMAT_VERSION,
+) -> SlotState | None:
+    """The slot's state, or None when it is torn, corrupt, foreign (another class,
+    installation or version) or inconsistent."""
     if len(buf) < SLOT_ENCODED_BYTES:
         return None
     body = bytes(buf[: _SLOT.size])
     (crc,) = _U32.unpack_from(buf, _SLOT.size)
-    if _hash32(body, SLOT_SEED) != crc:
+    if _hash32(body, seeds.slot) != crc:
         return None
-    magic, version, cls, gen, fsize, doff, dsize, hpos, hseq, tpos, tseq, prep = _SLOT.unpack(body)
-    if magic != SLOT_MAGIC or version != FORMAT_VERSION or gen == 0:
+    magic, ver, cls, gen, fsize, doff, dsize, hpos, hseq, tpos, tseq, prep = _SLOT.unpack(body)
+    if magic != SLOT_MAGIC or ver != version or gen == 0:
         return None
     if class_index is not None and cls != class_index:
         return None
@@ -143,10 +201,17 @@ def decode_slot(buf: Buffer, class_index: int | None = None) -> SlotState | None
 
 
 def choose_slot(
-    slot_a: Buffer, slot_b: Buffer, class_index: int | None = None
+    slot_a: Buffer,
+    slot_b: Buffer,
+    class_index: int | None = None,
+    seeds: Seeds = FIXED_SEEDS,
+    version: int = FORMAT_VERSION,
 ) -> tuple[SlotState | None, int]:
     """(newest valid slot or None, number of invalid slots)."""
-    states = [decode_slot(slot_a, class_index), decode_slot(slot_b, class_index)]
+    states = [
+        decode_slot(slot_a, class_index, seeds, version),
+        decode_slot(slot_b, class_index, seeds, version),
+    ]
     valid = [s for s in states if s is not None]
     best = max(valid, key=lambda s: s.generation) if valid else None
     return best, 2 - len(valid)
@@ -157,11 +222,12 @@ def choose_slot(
 RECORD_MAGIC = b"\xf7sR\x01"  # 0xf7 (CBOR "undefined") keeps it rare in event bytes
 KIND_BATCH = 1
 KIND_SKIP = 2
-# magic, crc, seq, floor, stamp, length, count, class, kind, reserved, hcrc
+# magic, crc, seq, floor, stamp, length, count, class, kind, more, hcrc
 #   crc   covers [8, 48 + payload) - the seq and every header field included
 #   floor the ring's head seq when the record was written (used only when both
 #         header slots are lost, to tell live records from released ones)
 #   stamp the header generation that follows this write (newest write wins)
+#   more  pieces of the same run that follow this one (version 1: always 0)
 #   hcrc  covers [8, 44): lets a resync reject a look-alike header without
 #         hashing the length it claims
 _REC = struct.Struct("<4sIQQQIIBBHI")
@@ -181,6 +247,7 @@ class RecordHeader:
     class_index: int
     kind: int
     crc: int
+    more: int = 0  # pieces of the same run after this one
 
 
 def record_span(length: int) -> int:
@@ -199,31 +266,35 @@ def pack_record_header(
     count: int,
     class_index: int,
     kind: int,
+    more: int = 0,
+    seeds: Seeds = FIXED_SEEDS,
 ) -> None:
     """Writes a record header with its hcrc; the crc stays 0 until `seal_record`."""
     _REC.pack_into(
-        buf, off, RECORD_MAGIC, 0, seq, floor, stamp, length, count, class_index, kind, 0, 0
+        buf, off, RECORD_MAGIC, 0, seq, floor, stamp, length, count, class_index, kind, more, 0
     )
-    hcrc = _hash32(buf[off + _COVER_FROM : off + _HCRC_AT], RECORD_HEADER_SEED)
+    hcrc = _hash32(buf[off + _COVER_FROM : off + _HCRC_AT], seeds.header)
     _U32.pack_into(buf, off + _HCRC_AT, hcrc)
 
 
-def seal_record(buf: memoryview | bytearray, off: int, covered: int) -> None:
+def seal_record(
+    buf: memoryview | bytearray, off: int, covered: int, seeds: Seeds = FIXED_SEEDS
+) -> None:
     """Writes the crc over the header fields and `covered` payload bytes. Written last,
     so a record cut short by a crash fails its checksum."""
-    crc = _hash32(buf[off + _COVER_FROM : off + REC_HDR + covered], RECORD_SEED)
+    crc = _hash32(buf[off + _COVER_FROM : off + REC_HDR + covered], seeds.record)
     _U32.pack_into(buf, off + _CRC_AT, crc)
 
 
 def decode_record_header(
-    buf: Buffer, off: int, class_index: int | None = None
+    buf: Buffer, off: int, class_index: int | None = None, seeds: Seeds = FIXED_SEEDS
 ) -> RecordHeader | None:
     """The header at `off` if it is structurally sound and its hcrc matches (the
     payload crc is checked separately by `record_crc_ok`)."""
     if off < 0 or off + REC_HDR > len(buf):
         return None
-    magic, crc, seq, floor, stamp, length, count, cls, kind, rsv, hcrc = _REC.unpack_from(buf, off)
-    if magic != RECORD_MAGIC or rsv != 0:
+    magic, crc, seq, floor, stamp, length, count, cls, kind, more, hcrc = _REC.unpack_from(buf, off)
+    if magic != RECORD_MAGIC:
         return None
     if class_index is not None and cls != class_index:
         return None
@@ -232,23 +303,31 @@ def decode_record_header(
         # things dangerous), and a batch was always written at or after the head.
         if length == 0 or count == 0 or floor > seq:
             return None
-    elif kind != KIND_SKIP or count != 0:
+    elif kind != KIND_SKIP or count != 0 or more != 0:
         return None
-    if _hash32(buf[off + _COVER_FROM : off + _HCRC_AT], RECORD_HEADER_SEED) != hcrc:
+    if _hash32(buf[off + _COVER_FROM : off + _HCRC_AT], seeds.header) != hcrc:
         return None
-    return RecordHeader(seq, floor, stamp, length, count, cls, kind, crc)
+    return RecordHeader(seq, floor, stamp, length, count, cls, kind, crc, more)
 
 
-def record_crc_ok(buf: Buffer, off: int, hdr: RecordHeader) -> bool:
+def record_crc_ok(buf: Buffer, off: int, hdr: RecordHeader, seeds: Seeds = FIXED_SEEDS) -> bool:
     covered = hdr.length if hdr.kind == KIND_BATCH else 0
     end = off + REC_HDR + covered
     if end > len(buf):
         return False
-    return _hash32(buf[off + _COVER_FROM : end], RECORD_SEED) == hdr.crc
+    return _hash32(buf[off + _COVER_FROM : end], seeds.record) == hdr.crc
 
 
 def encode_record(
-    *, seq: int, floor: int, stamp: int, class_index: int, count: int, payload: Buffer
+    *,
+    seq: int,
+    floor: int,
+    stamp: int,
+    class_index: int,
+    count: int,
+    payload: Buffer,
+    more: int = 0,
+    seeds: Seeds = FIXED_SEEDS,
 ) -> bytes:
     """A whole batch record, padded to its span (what `SpillRing` writes in place)."""
     length = len(payload)
@@ -263,13 +342,17 @@ def encode_record(
         count=count,
         class_index=class_index,
         kind=KIND_BATCH,
+        more=more,
+        seeds=seeds,
     )
     buf[REC_HDR : REC_HDR + length] = payload
-    seal_record(buf, 0, length)
+    seal_record(buf, 0, length, seeds)
     return bytes(buf)
 
 
-def encode_skip(*, seq: int, stamp: int, class_index: int, skip: int) -> bytes:
+def encode_skip(
+    *, seq: int, stamp: int, class_index: int, skip: int, seeds: Seeds = FIXED_SEEDS
+) -> bytes:
     """A skip item's header; the reader continues `skip` bytes after it."""
     buf = bytearray(REC_HDR)
     pack_record_header(
@@ -282,8 +365,9 @@ def encode_skip(*, seq: int, stamp: int, class_index: int, skip: int) -> bytes:
         count=0,
         class_index=class_index,
         kind=KIND_SKIP,
+        seeds=seeds,
     )
-    seal_record(buf, 0, 0)
+    seal_record(buf, 0, 0, seeds)
     return bytes(buf)
 
 
@@ -374,3 +458,31 @@ def place_front(data_size: int, head: int, tail: int, span: int) -> Placement | 
             return None
         return Placement(data_size - span, 0, head - REC_HDR)
     return None
+
+
+# ---------------------------------------------------------------------- pieces
+
+
+def piece_bounds(ends: Sequence[int], piece_bytes: int = PIECE_BYTES) -> list[int]:
+    """Where the pieces of a run end, as event indexes: pieces are events
+    [0, b0), [b0, b1), ..., each with a payload (prefix, 4 bytes per event, the
+    events' bytes) of at most `piece_bytes`, or of one event when that alone is
+    larger. `ends` are cumulative event end offsets (a chunk's ends array)."""
+    n = len(ends)
+    total = ends[-1] if n else 0
+    # Never more pieces than `more` can count: a huge run gets larger pieces.
+    piece_bytes = max(piece_bytes, -(-(total + (PIECE_PREFIX + 4) * n) // (MAX_RUN_PIECES // 2)))
+    room = piece_bytes - PIECE_PREFIX
+    out: list[int] = []
+    a = 0
+    base = 0
+    while a < n:
+        # The largest b with 4 (b - a) + ends[b-1] - base <= room, or near it:
+        # the first guess ignores all but one ends entry, the second is feasible.
+        b = bisect.bisect_right(ends, base + room - 4, a)
+        b = bisect.bisect_right(ends, base + room - 4 * (b - a), a, b)
+        b = max(b, a + 1)
+        out.append(b)
+        base = ends[b - 1]
+        a = b
+    return out

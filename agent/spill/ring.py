@@ -13,11 +13,16 @@ the steps that open a ring. The rest sits beside it:
 `SpillRing` is the only code that writes into a ring's mapping.
 
 Promises:
-- Nothing is ever written outside a file preallocated with posix_fallocate
-  (FACTS: a sparse mapping dies by SIGBUS when the disk fills), and a new file
-  is zero-filled once, so writes through the mapping never stall the loop on
-  the filesystem converting unwritten extents (measured: up to 100 ms; see
-  `SpillRing._zero_fill`).
+- Nothing is ever written outside what posix_fallocate allocated (FACTS: a
+  sparse mapping dies by SIGBUS when the disk fills), and it is zero-filled
+  before the mapping writes it, so writes through the mapping never stall the
+  loop on the filesystem converting unwritten extents (measured: up to 100 ms;
+  see `SpillRing._zero_fill`). A fixed ring (`open`) does both once at
+  creation; a sparse ring (`open_sparse`, the one spill budget) keeps an
+  allocated window from its head to its tail, grown 1 MiB at a time ahead of
+  the tail (`_cover_back`, `_cover_front`) and punched behind the head
+  (`_release_window`). Its tail never enters its head's page and its head never
+  the tail's, so a punch never touches a live byte.
 - Opening never raises for bad data and never hangs (recover.py's promises):
   torn or corrupt records are skipped and counted, a torn header slot falls
   back to the other one, two bad slots make the ring "empty-but-scan".
@@ -53,46 +58,87 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
+import os
 from collections import deque
 from collections.abc import Sequence
+from typing import Protocol
 
 from agent.spill.format import (
     ALIGN,
     DATA_OFFSET,
+    FIXED_SEEDS,
     INITIAL_SEQ,
     KIND_BATCH,
     KIND_SKIP,
+    MAX_RUN_PIECES,
     MIN_DATA_BYTES,
     REC_HDR,
     SLOT_BYTES,
     SLOT_ENCODED_BYTES,
     Buffer,
+    Seeds,
     SlotState,
     data_size_for,
+    decode_record_header,
     encode_slot,
     max_span_for,
     normalize,
     pack_record_header,
     place_back,
     place_front,
+    record_crc_ok,
     record_span,
     seal_record,
     used_bytes,
 )
-from agent.spill.recover import LiveRecord, Recovery, file_size_to_map, recover
-from agent.spill.ringfile import SpillError, fsync_dir, map_file, read_head, zero_fill
+from agent.spill.recover import (
+    LiveRecord,
+    Recovery,
+    _Budget,
+    file_size_to_map,
+    find_valid,
+    recover,
+)
+from agent.spill.ringfile import (
+    SpillError,
+    allocate,
+    fsync_dir,
+    map_fd,
+    map_file,
+    open_sparse,
+    punch,
+    read_head,
+    zero_fill,
+)
 
-__all__ = ["RingStats", "SpillError", "SpillRing"]
+__all__ = ["Piece", "RingStats", "SpillError", "SpillRing"]
 
 # A record's event count is a u32 in its header (format.py).
 MAX_RECORD_EVENTS = 0xFFFF_FFFF
 
+# A sparse ring allocates its window in steps of this much (fallocate + pwrite
+# of zeros: ~0.5-1 ms per MiB here), so a 256 KiB chunk pays for it once in four.
+ALLOC_STEP = 1024 * 1024
+_PAGE = mmap.PAGESIZE
+
+
+class RingBudget(Protocol):
+    """The share of the spill budget one sparse ring draws on (store.py)."""
+
+    def take(self, nbytes: int, *, force: bool = False) -> bool: ...
+    def give(self, nbytes: int) -> None: ...
+
+
+# One piece of a run as the caller hands it in: its payload's parts (copied
+# once, back to back, into the mapping) and its event count.
+Piece = tuple[Sequence[Buffer], int]
+
 
 @dataclasses.dataclass(frozen=True)
 class RingStats:
-    records: int  # on disk and not released (read or not)
+    records: int  # runs on disk and not released (read or not)
     events: int
-    bytes: int  # payload bytes of those records
+    bytes: int  # payload bytes of those runs
     unread_records: int  # not yet handed out by read_next_split
     unread_events: int
     unread_bytes: int
@@ -105,6 +151,11 @@ class RingStats:
     recovered_records: int  # records found at open
     recovered_events: int
     flushes: int  # msync calls that had something to write
+    pieces: int = 0  # pieces of the runs on disk (read or not)
+    unread_pieces: int = 0
+    corrupt_events: int = 0  # events of damaged pieces whose header survived
+    corrupt_bytes: int = 0  # bytes skipped over damage
+    damage: tuple[tuple[int, int], ...] = ()  # (file offset, bytes), the first few
 
 
 def _as_bytes_view(part: Buffer) -> memoryview:
@@ -129,9 +180,17 @@ class SpillRing:
     (ValueError: the caller's chunks must fit the ring).
     """
 
-    def __init__(self, path: str, class_index: int, mm: mmap.mmap, file_size: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        class_index: int,
+        mm: mmap.mmap,
+        file_size: int,
+        seeds: Seeds = FIXED_SEEDS,
+    ) -> None:
         self.path = path
         self.class_index = class_index
+        self.seeds = seeds
         self._mm = mm
         self._mv = memoryview(mm)
         self._file_size = file_size
@@ -149,23 +208,38 @@ class SpillRing:
         self._unread: deque[LiveRecord] = deque()
         self._events = 0
         self._bytes = 0
+        self._pieces = 0
         self._read_events = 0
         self._read_bytes = 0
+        self._read_pieces = 0
         self._dirty_lo = self._file_size
         self._dirty_hi = 0
         self._header_dirty = False
         self._flushes = 0
         self._corrupt = 0
+        self._corrupt_events = 0
+        self._corrupt_bytes = 0
+        self._damage: tuple[tuple[int, int], ...] = ()
         self._torn_slots = 0
         self._header_lost = False
         self._recovered_records = 0
         self._recovered_events = 0
         self._closed = False
+        # Sparse rings (a shared budget): the file's descriptor, the budget, and
+        # the allocated window [win_a, win_a + win_len) of the data region around
+        # the circle (page-aligned). Invariant: the window covers every live
+        # run and skip item; nothing outside it is allocated.
+        self._fd: int | None = None
+        self._budget: RingBudget | None = None
+        self._win_a = 0
+        self._win_len = 0
 
     # ------------------------------------------------------------- opening
 
     @classmethod
-    def open(cls, path: str, size_bytes: int, class_index: int) -> SpillRing:
+    def open(
+        cls, path: str, size_bytes: int, class_index: int, seeds: Seeds = FIXED_SEEDS
+    ) -> SpillRing:
         """Create (preallocated) or recover the ring file at `path`.
 
         `size_bytes` is the whole file, header included. An existing file keeps
@@ -186,14 +260,14 @@ class SpillRing:
             )
         requested = size_bytes & ~(ALIGN - 1)
         on_disk, slot_a, slot_b = read_head(path)
-        file_size, fresh = file_size_to_map(on_disk, slot_a, slot_b, class_index, requested)
-        ring = cls(path, class_index, map_file(path, file_size, sync=fresh), file_size)
+        file_size, fresh = file_size_to_map(on_disk, slot_a, slot_b, class_index, requested, seeds)
+        ring = cls(path, class_index, map_file(path, file_size, sync=fresh), file_size, seeds)
         if fresh:
             ring._format(INITIAL_SEQ)
             ring.flush()
             fsync_dir(path)
         else:
-            ring._adopt(recover(ring._mv, class_index))
+            ring._adopt(recover(ring._mv, class_index, seeds))
         if not (ring._read or ring._unread):
             if ring._file_size != requested:
                 ring._resize(requested)
@@ -201,18 +275,179 @@ class SpillRing:
                 ring._zero_fill()
         return ring
 
+    @classmethod
+    def open_sparse(
+        cls,
+        path: str,
+        size_bytes: int,
+        class_index: int,
+        seeds: Seeds,
+        budget: RingBudget,
+    ) -> SpillRing:
+        """Create or recover the ring file at `path` as a sparse circle of
+        `size_bytes` (the whole spill budget) of which only the window between
+        head and tail is allocated, drawn from `budget` (store.py's one spill
+        budget). Nothing is zero-filled up front: each range is allocated and
+        zero-filled as the tail reaches it, and punched once the head has
+        passed it. Raises SpillError for disk problems, never for bad data."""
+        requested = size_bytes - size_bytes % _PAGE
+        if requested < DATA_OFFSET + MIN_DATA_BYTES:
+            raise ValueError(f"spill ring {path}: {size_bytes} bytes is below the minimum")
+        existed = os.path.lexists(path)
+        fd = open_sparse(path, requested)
+        try:
+            on_disk = os.fstat(fd).st_size
+            slot_a = os.pread(fd, SLOT_ENCODED_BYTES, 0)
+            slot_b = os.pread(fd, SLOT_ENCODED_BYTES, SLOT_BYTES)
+            file_size, fresh = file_size_to_map(
+                on_disk, slot_a, slot_b, class_index, requested, seeds
+            )
+            if file_size < on_disk and not fresh and file_size % _PAGE:
+                file_size = on_disk  # a version-2 fixed ring grown sparse: keep its geometry
+            fresh = fresh or not existed
+            if fresh:
+                file_size = requested
+            if file_size > on_disk:
+                os.ftruncate(fd, file_size)
+            mm = map_fd(fd, path, file_size)
+        except OSError as exc:
+            os.close(fd)
+            raise SpillError(f"spill ring {path}: cannot open: {exc.strerror}") from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        ring = cls(path, class_index, mm, file_size, seeds)
+        ring._fd = fd
+        ring._budget = budget
+        ring._prepared = ring._data_size  # allocation zero-fills as it goes
+        if fresh:
+            ring._format(INITIAL_SEQ)
+            ring.flush()
+            fsync_dir(path)
+        else:
+            ring._adopt(recover(ring._mv, class_index, seeds))
+        ring._adopt_window()
+        return ring
+
+    def _adopt_window(self) -> None:
+        """The window the live runs need; everything else of the region punched."""
+        size = self._data_size
+        records = list(self._read) + list(self._unread)
+        if not records:
+            self._win_a = self._win_len = 0
+        else:
+            last = records[-1]
+            end = last.pos + last.bytes_held
+            self._win_a = self._head_pos - self._head_pos % _PAGE
+            end = min(size, -(-end // _PAGE) * _PAGE)
+            self._win_len = (end - self._win_a - 1) % size + 1
+        assert self._budget is not None
+        self._budget.take(self._win_len, force=True)
+        self._punch(self._win_a + self._win_len, size - self._win_len)
+
+    def _window_segments(self, start: int, length: int) -> list[tuple[int, int]]:
+        """[start, start + length) around the circle as (offset, length) in the file."""
+        size = self._data_size
+        start %= size
+        first = min(length, size - start)
+        segs = [(DATA_OFFSET + start, first)]
+        if length > first:
+            segs.append((DATA_OFFSET, length - first))
+        return segs
+
+    def _punch(self, start: int, length: int) -> None:
+        assert self._fd is not None
+        for off, n in self._window_segments(start, length):
+            punch(self._fd, off, n)
+
+    def _cover_back(self, end: int) -> bool:
+        """Grow the window forward until it reaches region position `end` (in
+        (0, size]). False: the budget or the disk has no room (nothing changed)."""
+        if self._budget is None:
+            return True
+        size = self._data_size
+        if self._win_len == 0:
+            self._win_a = 0
+        reach = (end - self._win_a - 1) % size + 1
+        if reach <= self._win_len:
+            return True
+        reach = min(size, -(-reach // _PAGE) * _PAGE)
+        want = min(size, -(-reach // ALLOC_STEP) * ALLOC_STEP)
+        start = self._win_a + self._win_len
+        if want > reach and self._grow(start, want - self._win_len, back=True):
+            return True
+        return self._grow(start, reach - self._win_len, back=True)
+
+    def _cover_front(self, start: int) -> bool:
+        """Grow the window backward until it starts at or below region position
+        `start`. False: no room (nothing changed)."""
+        if self._budget is None:
+            return True
+        size = self._data_size
+        start -= start % _PAGE
+        if (start - self._win_a) % size < self._win_len:
+            return True
+        extra = (self._win_a - start) % size
+        return self._grow(start, extra, back=False)
+
+    def _grow(self, start: int, length: int, *, back: bool) -> bool:
+        assert self._budget is not None and self._fd is not None
+        if length <= 0:
+            return True
+        if self._win_len + length > self._data_size or not self._budget.take(length):
+            return False
+        done: list[tuple[int, int]] = []
+        for off, n in self._window_segments(start, length):
+            if not allocate(self._fd, off, n):
+                for o, m in done:
+                    punch(self._fd, o, m)
+                self._budget.give(length)
+                return False
+            done.append((off, n))
+        if not back:
+            self._win_a = start % self._data_size
+        self._win_len += length
+        return True
+
+    def _release_window(self) -> None:
+        """The head moved forward (or the ring emptied): punch what it passed."""
+        if self._budget is None:
+            return
+        if not (self._read or self._unread):
+            self._punch(self._win_a, self._win_len)
+            self._budget.give(self._win_len)
+            self._win_a = self._win_len = 0
+            return
+        size = self._data_size
+        new_a = self._head_pos - self._head_pos % _PAGE
+        moved = (new_a - self._win_a) % size
+        if 0 < moved < self._win_len:
+            self._punch(self._win_a, moved)
+            self._budget.give(moved)
+            self._win_a = new_a
+            self._win_len -= moved
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Data bytes allocated for this ring (its window; all of it when not sparse)."""
+        return self._win_len if self._budget is not None else self._data_size
+
     def _adopt(self, found: Recovery) -> None:
         """Take what recovery found as the index, and rewrite both header slots
         (which heals a torn slot at once)."""
         self._unread.extend(found.records)
         self._events = self._recovered_events = found.events
         self._bytes = found.bytes
+        self._pieces = sum(r.pieces for r in found.records)
         self._recovered_records = len(found.records)
         self._tail_pos, self._tail_seq = found.tail_pos, found.tail_seq
         self._set_head()
         self._gen = found.generation
         self._prepared = found.prepared
         self._corrupt = found.corrupt_records
+        self._corrupt_events = found.corrupt_events
+        self._corrupt_bytes = found.corrupt_bytes
+        self._damage = found.damage
         self._torn_slots = found.torn_header_slots
         self._header_lost = found.header_lost
         self._write_header()
@@ -271,105 +506,179 @@ class SpillRing:
 
     @property
     def max_payload_bytes(self) -> int:
-        """The largest payload a record may carry in this ring."""
+        """The largest payload one single-piece record may carry in this ring."""
         return self._max_span - REC_HDR
+
+    @property
+    def max_span_bytes(self) -> int:
+        """The most bytes one run may occupy (all its pieces with their headers)."""
+        return self._max_span
 
     def push_back(self, payload: Buffer, count: int) -> bool:
         """Append a record of `count` events. False: no room now (not an error)."""
-        return self.push_back_parts((payload,), count)
+        return self.push_back_run((((payload,), count),))
 
     def push_front(self, payload: Buffer, count: int) -> bool:
         """Prepend a record (it becomes the oldest). Only while nothing is read but
         unreleased; used on SIGTERM to put back, newest first, what memory held
         ahead of the ring. False: no room now."""
-        return self.push_front_parts((payload,), count)
+        return self.push_front_run((((payload,), count),))
 
     def push_back_parts(self, parts: Sequence[Buffer], count: int) -> bool:
         """`push_back` of the concatenation of `parts`, copied once into the mapping."""
-        views = [_as_bytes_view(p) for p in parts]
-        length, span = self._check_record(views, count)
+        return self.push_back_run(((parts, count),))
+
+    def push_front_parts(self, parts: Sequence[Buffer], count: int) -> bool:
+        """`push_front` of the concatenation of `parts`."""
+        return self.push_front_run(((parts, count),))
+
+    def push_back_run(self, pieces: Sequence[Piece], *, read: bool = False) -> bool:
+        """Append one run of pieces (written back to back, never split at the end
+        of the region). False: no room now (nothing written).
+
+        `read`: the run is at the same time held in memory by the caller (write-
+        through): it goes to the read-but-unreleased side at once, released like a
+        record read back. Only while nothing is unread (it must stay behind every
+        read record and ahead of every unread one)."""
+        if read and self._unread:
+            raise RuntimeError(f"write-through push on {self.path} with records unread")
+        views, lengths, count, span = self._check_run(pieces)
         empty = not (self._read or self._unread)
         place = place_back(self._data_size, self._head_pos, self._tail_pos, span, empty=empty)
         if place is None:
             return False
+        head = self._head_pos
+        sparse_wrap = self._budget is not None and not empty and place.pos < head
+        if sparse_wrap and place.pos + span > head - head % _PAGE:
+            return False  # a sparse ring's tail never enters the head's page
+        if empty and self._budget is not None and self._win_len:
+            self._release_window()  # an empty ring starts over at 0
+        if not self._cover_back(place.pos + span):
+            return False
         seq = self._tail_seq
         floor = seq if empty else self._head_seq
         pos = place.pos
-        self._write_record(pos, views, length, count, seq, floor)
-        if place.skip_at >= 0:  # the wrap marker, after the record
+        self._write_run(pos, views, lengths, pieces, seq, floor)
+        if place.skip_at >= 0:  # the wrap marker, after the run
             self._write_skip(place.skip_at, place.skip_length, seq)
+        n = len(pieces)
+        entry = LiveRecord(pos, seq, count, sum(lengths), n, span)
         self._tail_pos = normalize(self._data_size, pos + span)
-        self._tail_seq = seq + 1
-        self._unread.append(LiveRecord(pos, seq, count, length))
+        self._tail_seq = seq + n
+        if read:
+            self._read.append(entry)
+            self._read_events += count
+            self._read_bytes += entry.length
+            self._read_pieces += n
+        else:
+            self._unread.append(entry)
         self._events += count
-        self._bytes += length
+        self._bytes += entry.length
+        self._pieces += n
         if len(self._read) + len(self._unread) == 1:
             self._head_pos, self._head_seq = pos, seq
         self._write_header()
         return True
 
-    def push_front_parts(self, parts: Sequence[Buffer], count: int) -> bool:
-        """`push_front` of the concatenation of `parts`."""
+    def push_front_run(self, pieces: Sequence[Piece]) -> bool:
+        """`push_front` of one run: it becomes the oldest. False: no room now."""
         if self._read:
             raise RuntimeError(f"push_front on {self.path} with records read but unreleased")
         if not self._unread:
-            return self.push_back_parts(parts, count)
-        views = [_as_bytes_view(p) for p in parts]
-        length, span = self._check_record(views, count)
+            return self.push_back_run(pieces)
+        views, lengths, count, span = self._check_run(pieces)
         place = place_front(self._data_size, self._head_pos, self._tail_pos, span)
         if place is None:
             return False
-        seq = self._head_seq - 1
+        tail = self._tail_pos
+        if self._budget is not None and place.pos >= tail and place.pos < -(-tail // _PAGE) * _PAGE:
+            return False  # nor the head the tail's
+        if not self._cover_front(place.skip_at if place.skip_at >= 0 else place.pos):
+            return False
+        if place.skip_at >= 0 and not self._cover_front(place.pos):
+            return False
+        n = len(pieces)
+        seq = self._head_seq - n
         pos = place.pos
-        self._write_record(pos, views, length, count, seq, seq)
-        if place.skip_at >= 0:  # the hole [0, old head) in front of the new record
+        self._write_run(pos, views, lengths, pieces, seq, seq)
+        if place.skip_at >= 0:  # the hole [0, old head) in front of the new run
             self._write_skip(place.skip_at, place.skip_length, self._head_seq)
-        self._unread.appendleft(LiveRecord(pos, seq, count, length))
+        entry = LiveRecord(pos, seq, count, sum(lengths), n, span)
+        self._unread.appendleft(entry)
         self._events += count
-        self._bytes += length
+        self._bytes += entry.length
+        self._pieces += n
         self._head_pos, self._head_seq = pos, seq
         self._write_header()
         return True
 
-    def _check_record(self, views: list[memoryview], count: int) -> tuple[int, int]:
-        length = sum(v.nbytes for v in views)
-        if length <= 0 or count <= 0:
-            raise ValueError(f"spill ring {self.path}: a record needs bytes and events")
-        if count > MAX_RECORD_EVENTS:
+    def _check_run(
+        self, pieces: Sequence[Piece]
+    ) -> tuple[list[list[memoryview]], list[int], int, int]:
+        if not pieces or len(pieces) > MAX_RUN_PIECES:
+            raise ValueError(f"spill ring {self.path}: a run needs 1..{MAX_RUN_PIECES} pieces")
+        views: list[list[memoryview]] = []
+        lengths: list[int] = []
+        count = span = 0
+        for parts, n in pieces:
+            vs = [_as_bytes_view(p) for p in parts]
+            length = sum(v.nbytes for v in vs)
+            if length <= 0 or n <= 0:
+                raise ValueError(f"spill ring {self.path}: a record needs bytes and events")
+            if n > MAX_RECORD_EVENTS:
+                raise ValueError(
+                    f"spill ring {self.path}: record of {n} events exceeds the most a "
+                    f"record can count ({MAX_RECORD_EVENTS})"
+                )
+            views.append(vs)
+            lengths.append(length)
+            count += n
+            span += record_span(length)
+        if span > self._max_span:
             raise ValueError(
-                f"spill ring {self.path}: record of {count} events exceeds the most a "
-                f"record can count ({MAX_RECORD_EVENTS})"
-            )
-        if length > self.max_payload_bytes:
-            raise ValueError(
-                f"spill ring {self.path}: record of {length} bytes exceeds the ring's "
+                f"spill ring {self.path}: record of {sum(lengths)} bytes exceeds the ring's "
                 f"largest ({self.max_payload_bytes})"
             )
-        return length, record_span(length)
+        return views, lengths, count, span
 
-    def _write_record(
-        self, pos: int, views: list[memoryview], length: int, count: int, seq: int, floor: int
+    def _write_run(
+        self,
+        pos: int,
+        views: list[list[memoryview]],
+        lengths: list[int],
+        pieces: Sequence[Piece],
+        seq: int,
+        floor: int,
     ) -> None:
-        off = DATA_OFFSET + pos
+        """Every piece, each header then payload then its crc (written last, so a
+        piece cut short by a crash fails it); the pages are dropped once written."""
         mv = self._mv
-        pack_record_header(
-            mv,
-            off,
-            seq=seq,
-            floor=floor,
-            stamp=self._gen + 1,
-            length=length,
-            count=count,
-            class_index=self.class_index,
-            kind=KIND_BATCH,
-        )
-        at = off + REC_HDR
-        for v in views:
-            mv[at : at + v.nbytes] = v
-            at += v.nbytes
-        seal_record(mv, off, length)
-        self._mark_dirty(off, off + record_span(length))
-        self._unmap_pages(off, off + record_span(length))
+        seeds = self.seeds
+        stamp = self._gen + 1
+        off = start = DATA_OFFSET + pos
+        last = len(pieces) - 1
+        for i, (vs, length) in enumerate(zip(views, lengths, strict=True)):
+            pack_record_header(
+                mv,
+                off,
+                seq=seq + i,
+                floor=floor,
+                stamp=stamp,
+                length=length,
+                count=pieces[i][1],
+                class_index=self.class_index,
+                kind=KIND_BATCH,
+                more=last - i,
+                seeds=seeds,
+            )
+            at = off + REC_HDR
+            for v in vs:
+                mv[at : at + v.nbytes] = v
+                at += v.nbytes
+            seal_record(mv, off, length, seeds)
+            off += record_span(length)
+        self._mark_dirty(start, off)
+        self._unmap_pages(start, off)
 
     def _write_skip(self, pos: int, skip: int, seq: int) -> None:
         off = DATA_OFFSET + pos
@@ -383,8 +692,9 @@ class SpillRing:
             count=0,
             class_index=self.class_index,
             kind=KIND_SKIP,
+            seeds=self.seeds,
         )
-        seal_record(self._mv, off, 0)
+        seal_record(self._mv, off, 0, self.seeds)
         self._mark_dirty(off, off + REC_HDR)
 
     def _write_header(self) -> None:
@@ -402,7 +712,7 @@ class SpillRing:
             prepared=self._prepared,
         )
         off = (self._gen & 1) * SLOT_BYTES
-        self._mm[off : off + SLOT_ENCODED_BYTES] = encode_slot(state)
+        self._mm[off : off + SLOT_ENCODED_BYTES] = encode_slot(state, self.seeds)
         self._header_dirty = True
 
     def _mark_dirty(self, lo: int, hi: int) -> None:
@@ -418,21 +728,67 @@ class SpillRing:
 
     # ------------------------------------------------------------- reading
 
-    def read_next_split(self, prefix_per_event: int) -> tuple[bytes, bytes, int, int] | None:
-        """The next record after the read cursor, for payloads that start with
-        `prefix_per_event` bytes per event (the store's ends array): (prefix, rest,
-        count, seq), each copied once out of the mapping; None when every record
-        is read. Advances only the cursor: the record stays on disk until
-        `release_read`."""
+    def read_next_run(self) -> list[tuple[int, bytes]] | None:
+        """The next run after the read cursor as its sound pieces, each (events,
+        payload) copied once out of the mapping; None when every run is read.
+        Advances only the cursor: the run stays on disk until `release_read`.
+
+        Every piece is checked again (the disk may have damaged it since the
+        open): a piece that fails is skipped and counted in `corrupt_records`
+        and `corrupt_events`, and the rest of the run is found by the same
+        resync as at the open. The list may be empty (all of it damaged)."""
         entry = self._advance_cursor()
         if entry is None:
             return None
-        at = DATA_OFFSET + entry.pos + REC_HDR
-        cut = at + min(prefix_per_event * entry.count, entry.length)
-        end = at + entry.length
-        got = self._mm[at:cut], self._mm[cut:end], entry.count, entry.seq
-        self._unmap_pages(at - REC_HDR, end)
-        return got
+        out: list[tuple[int, bytes]] = []
+        data = self._mv[DATA_OFFSET : DATA_OFFSET + self._data_size]
+        try:
+            pos, seq, end = entry.pos, entry.seq, entry.pos + entry.bytes_held
+            while seq < entry.end_seq and pos < end:
+                hdr = decode_record_header(data, pos, self.class_index, self.seeds)
+                if (
+                    hdr is not None
+                    and hdr.seq == seq
+                    and hdr.kind == KIND_BATCH
+                    and pos + record_span(hdr.length) <= end
+                    and record_crc_ok(data, pos, hdr, self.seeds)
+                ):
+                    at = DATA_OFFSET + pos + REC_HDR
+                    out.append((hdr.count, self._mm[at : at + hdr.length]))
+                    pos += record_span(hdr.length)
+                    seq += 1
+                    continue
+                if hdr is not None and hdr.seq == seq and hdr.kind == KIND_BATCH:
+                    self._corrupt_events += hdr.count
+                budget = _Budget(entry.bytes_held)
+                hit = find_valid(
+                    data, self.class_index, pos, end - pos, seq - 1, budget, self.seeds
+                )
+                if hit is None or hit[1].seq >= entry.end_seq:
+                    self._corrupt += entry.end_seq - seq
+                    self._corrupt_bytes += end - pos
+                    break
+                self._corrupt += hit[1].seq - seq
+                self._corrupt_bytes += hit[0] - pos
+                pos, seq = hit[0], hit[1].seq
+        finally:
+            data.release()
+        self._unmap_pages(DATA_OFFSET + entry.pos, DATA_OFFSET + entry.pos + entry.bytes_held)
+        return out
+
+    def read_next_split(self, prefix_per_event: int) -> tuple[bytes, bytes, int, int] | None:
+        """The next run as one payload (its pieces' payloads back to back) cut after
+        `prefix_per_event` bytes per event: (prefix, rest, count, seq). For runs of
+        one piece, as version 1's records were; `read_next_run` is the general
+        read. None when every run is read."""
+        seq = self._unread[0].seq if self._unread else 0
+        pieces = self.read_next_run()
+        if pieces is None:
+            return None
+        payload = b"".join(p for _, p in pieces)
+        count = sum(n for n, _ in pieces)
+        cut = min(prefix_per_event * count, len(payload))
+        return payload[:cut], payload[cut:], count, seq
 
     def _unmap_pages(self, lo: int, hi: int) -> None:
         """Drop the pages of [lo, hi) from this process's page tables.
@@ -458,32 +814,54 @@ class SpillRing:
         self._read.append(entry)
         self._read_events += entry.count
         self._read_bytes += entry.length
+        self._read_pieces += entry.pieces
         return entry
 
     def release_read(self) -> None:
-        """Free the oldest read-but-unreleased record; the durable head moves past it."""
+        """Free the oldest read-but-unreleased run; the durable head moves past it."""
         if not self._read:
             raise RuntimeError(f"release_read on {self.path} with nothing read")
         entry = self._read.popleft()
         self._read_events -= entry.count
         self._read_bytes -= entry.length
-        self._events -= entry.count
-        self._bytes -= entry.length
+        self._read_pieces -= entry.pieces
+        self._forget(entry)
         self._set_head()
         self._write_header()
+        self._release_window()
+
+    @property
+    def read_runs(self) -> int:
+        """Runs read (or written through) and not yet released."""
+        return len(self._read)
+
+    def unread_all(self) -> int:
+        """Every read-but-unreleased run becomes unread again, in order, ahead of
+        the unread ones: the caller dropped its memory copies (they come back
+        through the drain). Nothing on disk changes. Returns the events moved."""
+        moved = self._read_events
+        self._unread.extendleft(reversed(self._read))
+        self._read.clear()
+        self._read_events = self._read_bytes = self._read_pieces = 0
+        return moved
 
     def drop_front(self) -> int:
-        """Evict the oldest record (memory and disk full); its event count, 0 if empty."""
+        """Evict the oldest run (memory and disk full); its event count, 0 if empty."""
         if self._read:
             raise RuntimeError(f"drop_front on {self.path} with records read but unreleased")
         if not self._unread:
             return 0
         entry = self._unread.popleft()
-        self._events -= entry.count
-        self._bytes -= entry.length
+        self._forget(entry)
         self._set_head()
         self._write_header()
+        self._release_window()
         return entry.count
+
+    def _forget(self, entry: LiveRecord) -> None:
+        self._events -= entry.count
+        self._bytes -= entry.length
+        self._pieces -= entry.pieces
 
     # ------------------------------------------------------------- the rest
 
@@ -559,6 +937,9 @@ class SpillRing:
         self._closed = True
         self._mv.release()
         self._mm.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def statistics(self) -> RingStats:
         records = len(self._read) + len(self._unread)
@@ -578,4 +959,9 @@ class SpillRing:
             recovered_records=self._recovered_records,
             recovered_events=self._recovered_events,
             flushes=self._flushes,
+            pieces=self._pieces,
+            unread_pieces=self._pieces - self._read_pieces,
+            corrupt_events=self._corrupt_events,
+            corrupt_bytes=self._corrupt_bytes,
+            damage=self._damage,
         )
