@@ -363,18 +363,21 @@ def test_every_known_alarm_is_a_series_at_zero_or_one() -> None:
 def test_fields_an_agent_may_report_appear_exactly_when_reported() -> None:
     snap = busy_snapshot()
     plain = parse(metrics.render(snap))
-    # The lane, the ingest path and the upstream peers are in every Snapshot;
-    # the rest only when another component reports it.
+    # The lane, the ingest path, the upstream peers and the write-through state
+    # are in every Snapshot; an older agent's document may lack them.
     for name in (
         "edge_agent_lane_events",
         "edge_agent_ingest_path",
         "edge_agent_upstream_peers",
         "edge_agent_upstream_stalled",
         "edge_agent_upstream_stuck_dropped_messages",
+        "edge_agent_spill_write_through",
     ):
         assert name in plain, name
-    assert "edge_agent_spill_write_through" not in plain
     doc = snap.to_json()
+    old = {k: v for k, v in doc.items()}
+    old["spill"] = {k: v for k, v in doc["spill"].items() if k != "write_through"}
+    assert "edge_agent_spill_write_through" not in parse(metrics.render(snap, document=old))
     doc["agent"]["ingest_path"] = "compiled"
     doc["ingest"]["lane"] = {"configured": True, "frames": 12, "events": 40, "noncritical": 3}
     doc["upstream"].update(
