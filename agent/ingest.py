@@ -56,7 +56,7 @@ INGEST_MAX_BYTES = 64 * 1024
 # on an alert storm (read 4x faster than bulk) or on a collector that floods
 # the lane with everything: bulk then still gets at least 1 burst in 5 of the
 # reading. When the lane took the last room of a turn, the next turn reads
-# bulk first (`_bulk_owed`), so memory pressure cannot starve bulk either.
+# bulk first (`bulk_owed`), so memory pressure cannot starve bulk either.
 LANE_MAX_BURSTS = 4
 # Per-peer limits on both PULL sockets (issue 13 item 6), in milliseconds.
 # A connection must finish its ZMTP/CURVE handshake within HANDSHAKE_IVL

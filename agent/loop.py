@@ -5,10 +5,11 @@ order each turn:
 
 1. poll (ingest and the alert lane, upstream subscriptions, the PULL
    monitors, the signal pipe);
-2. ingest: the alert lane first (at most LANE_MAX_BURSTS bursts), then one
-   bulk burst; a burst is a bounded run of `recv(NOBLOCK)` (FACTS.md: poll
-   once, then drain without polling; a poll before every recv cut throughput
-   ~10x), decoded as one batch;
+2. ingest (agent/ingest.py reads, this module decodes and queues): the
+   alert lane first (at most LANE_MAX_BURSTS bursts), then one bulk burst;
+   a burst is a bounded run of `recv(NOBLOCK)` (FACTS.md: poll once, then
+   drain without polling; a poll before every recv cut throughput ~10x),
+   decoded as one batch;
 3. publish: strict class order, critical first and at once, others in batches;
 4. make room (agent/pressure.py): spill or evict what memory cannot hold, and
    pause ingest while even one more burst would not fit;
@@ -17,7 +18,8 @@ order each turn:
    (grow/shrink), spill flush, watchdog, SIGHUP reload.
 
 The decisions live in the pure modules (pressure, governor, batching,
-telemetry); this module holds the sockets and the clock and applies them.
+telemetry); this module holds the sockets and the clock and applies them
+(the PULL sockets through agent/ingest.py, which opens, reads and closes them).
 
 Promises: an event is counted exactly once as delivered, spilled-then-
 recovered, dropped (with a reason) or rejected (with a reason); critical
