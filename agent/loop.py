@@ -5,10 +5,11 @@ order each turn:
 
 1. poll (ingest and the alert lane, upstream subscriptions, the PULL
    monitors, the signal pipe);
-2. ingest: the alert lane first (at most LANE_MAX_BURSTS bursts), then one
-   bulk burst; a burst is a bounded run of `recv(NOBLOCK)` (FACTS.md: poll
-   once, then drain without polling; a poll before every recv cut throughput
-   ~10x), decoded as one batch;
+2. ingest (agent/ingest.py reads, this module decodes and queues): the
+   alert lane first (at most LANE_MAX_BURSTS bursts), then one bulk burst;
+   a burst is a bounded run of `recv(NOBLOCK)` (FACTS.md: poll once, then
+   drain without polling; a poll before every recv cut throughput ~10x),
+   decoded as one batch;
 3. publish: strict class order, critical first and at once, others in batches;
 4. make room (agent/pressure.py): spill or evict what memory cannot hold, and
    pause ingest while even one more burst would not fit;
@@ -17,7 +18,8 @@ order each turn:
    (grow/shrink), spill flush, watchdog, SIGHUP reload.
 
 The decisions live in the pure modules (pressure, governor, batching,
-telemetry); this module holds the sockets and the clock and applies them.
+telemetry); this module holds the sockets and the clock and applies them
+(the PULL sockets through agent/ingest.py, which opens, reads and closes them).
 
 Promises: an event is counted exactly once as delivered, spilled-then-
 recovered, dropped (with a reason) or rejected (with a reason); critical
@@ -34,14 +36,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
 import socket
 import time
 from collections.abc import Sequence
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 import agent
 from agent import fastpath, memory
@@ -58,12 +58,12 @@ from agent.curve import CurveError, CurveGuard
 from agent.governor import BufferGovernor
 from agent.history import History
 from agent.http import HttpServer
+from agent.ingest import INGEST_MAX_BYTES, Ingest, Pull
 from agent.notify import Notifier
-from agent.peers import PeerTable, worst_case_bytes
 from agent.pressure import BufferPressure
 from agent.queues import CHUNK_BYTES, ClassQueues
 from agent.routes import BACKPRESSURE_PATH
-from agent.settings import IngestSettings, Settings
+from agent.settings import Settings
 from agent.spill import SpillError, SpillStore, next_epoch
 from agent.stats import Snapshot
 from agent.telemetry import AgentIdentity, Telemetry
@@ -73,59 +73,6 @@ log = logging.getLogger("agent.loop")
 
 CRITICAL = int(EventClass.CRITICAL)
 
-# One ingest burst: at most this many frames / bytes (plus the frame that
-# crosses the limit) before the loop publishes again. The burst bounds how long
-# a critical event that arrived meanwhile waits for its turn, and how often the
-# (shallow, SNDHWM 2) upstream pipe is refilled: with 512 frames (~1.5 ms) the
-# agent delivered 290k events/s of 327k ingested and fell behind; with 128 it
-# delivered all 304k, critical p99 25 ms (bench/throughput.py, one run each).
-# The byte bound keeps batched frames to short turns too (32-event frames:
-# 256 KiB bursts delivered 340k events/s, 64 KiB 369k) and is the memory the
-# governor keeps free for a burst.
-INGEST_MAX_FRAMES = 128
-INGEST_MAX_BYTES = 64 * 1024
-# The alert lane (INTERFACE.md): at every turn the loop reads what waits on the
-# lane before the bulk burst, up to this many bursts (512 frames), each only
-# while the governor has room for one more burst. An honest lane carries
-# alerts, ~1% of the traffic, and never fills one burst; the bound only acts
-# on an alert storm (read 4x faster than bulk) or on a collector that floods
-# the lane with everything: bulk then still gets at least 1 burst in 5 of the
-# reading. When the lane took the last room of a turn, the next turn reads
-# bulk first (`_bulk_owed`), so memory pressure cannot starve bulk either.
-LANE_MAX_BURSTS = 4
-# Per-peer limits on both PULL sockets (issue 13 item 6), in milliseconds.
-# A connection must finish its ZMTP/CURVE handshake within HANDSHAKE_IVL
-# (libzmq's default is 30 s; a CURVE handshake takes a few ms, a slow link a
-# second): a port probe or a silent raw TCP peer holds a descriptor 10 s, not
-# forever. ZMTP heartbeats: a PING every HEARTBEAT_IVL; a peer that sends
-# nothing, not even the PONG, within HEARTBEAT_TIMEOUT is dropped (a dead
-# collector or a half-open TCP connection). A live libzmq peer answers PINGs
-# from its I/O thread, so an idle but healthy collector is never dropped.
-# HEARTBEAT_TTL tells the collector to drop us after that much silence.
-HANDSHAKE_IVL_MS = 10_000
-HEARTBEAT_IVL_MS = 10_000
-HEARTBEAT_TIMEOUT_MS = 30_000
-HEARTBEAT_TTL_MS = 60_000
-# TCP keepalive as well (belt and braces under the heartbeats, and what the
-# kernel does for a connection still in its handshake): probes after 60 s of
-# silence, every 10 s, 6 unanswered ones close it (~2 min).
-TCP_KEEPALIVE_IDLE_S = 60
-TCP_KEEPALIVE_INTVL_S = 10
-TCP_KEEPALIVE_CNT = 6
-# What the loop wants from each PULL's monitor: connections as they come and
-# go (agent/peers.py) and the failed handshakes that end some of them. The
-# CURVE guard's events are a subset (agent/curve.py REFUSAL_EVENTS).
-HANDSHAKE_FAILED_EVENTS = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-PULL_MONITOR_EVENTS = (
-    zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED_EVENTS
-)
-# Monitor events read per socket per turn: a connection flood cannot hold the
-# loop (each event is a few us; the Poller reports the rest next turn).
-MONITOR_MAX_PER_TURN = 256
 # Upstream sends per turn, so a deep backlog cannot starve ingest (64 x 256
 # events ~ 16k events, a few ms).
 PUBLISH_MAX_SENDS = 64
@@ -168,27 +115,6 @@ EXIT_INTERRUPTED = 130
 
 class StartupError(Exception):
     """The agent cannot start: a socket cannot bind, the spill dir is unusable."""
-
-
-class _Pull:
-    """One PULL socket of the agent (bulk or lane): the socket, its monitor,
-    who is connected, and how a burst is read from it."""
-
-    __slots__ = ("name", "sock", "monitor", "peers", "reader", "read", "lane")
-
-    def __init__(self, name: str, sock: zmq.Socket, max_peers: int, *, lane: bool) -> None:
-        self.name = name  # for logs: "ingest" | "lane"
-        self.sock = sock
-        self.monitor: zmq.Socket | None = None
-        self.peers = PeerTable(max_peers)
-        # One burst, without waiting: (single-frame messages, multipart
-        # skipped). From C on pyzmq's own libzmq when the compiled core is
-        # built, else recv(NOBLOCK) + RCVMORE in Python (agent/fastpath.py).
-        self.reader = fastpath.make_burst_reader(
-            sock, max_frames=INGEST_MAX_FRAMES, max_bytes=INGEST_MAX_BYTES
-        )
-        self.read = self.reader.read
-        self.lane = lane
 
 
 class Agent:
@@ -270,17 +196,16 @@ class Agent:
     def _log_startup(self) -> None:
         """What a technician needs to find everything (issue 12 item 7): the
         config file, the spill dir, every endpoint and which ingest core runs,
-        and the most libzmq may hold for the ingest peers (README, worst case)."""
+        and the most libzmq may hold for the ingest peers (agent/ingest.py)."""
         s = self.settings
         i = s.ingest
-        readers = sorted({pull.reader.kind for pull in self._pulls})
         log.info(
             "config %s; spill dir %s; ingest path %s (%s; burst reader %s)",
             self.config_path or "(none: built-in defaults)",
             s.spill.dir,
             self.telemetry.identity.ingest_path,
             fastpath.describe(),
-            "/".join(readers),
+            "/".join(self.ingest.reader_kinds()),
         )
         assert self.http_address is not None
         host, port = self.http_address
@@ -293,20 +218,7 @@ class Agent:
             port,
             BACKPRESSURE_PATH,
         )
-        # Bound peers are capped per socket; the agent's own connects add one each.
-        connections = len(self._pulls) * i.max_peers + len(i.connect) + len(i.priority_connect)
-        worst = worst_case_bytes(i.rcvhwm, i.max_frame_bytes, i.rcvbuf_bytes, connections)
-        log.info(
-            "ingest buffers: rcvhwm %d frames, SO_RCVBUF %d bytes per connection, at most "
-            "%d connections (ingest.max_peers %d per PULL socket): libzmq may hold up to "
-            "%d MiB outside the budget if every peer sends %d-byte frames",
-            i.rcvhwm,
-            i.rcvbuf_bytes,
-            connections,
-            i.max_peers,
-            worst // (1024 * 1024),
-            i.max_frame_bytes,
-        )
+        self.ingest.log_buffers()
 
     def _install_signals(self, opened: contextlib.ExitStack) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
@@ -334,23 +246,11 @@ class Agent:
         # Closed after the secured sockets (until they close, the handler
         # answers), before term.
         opened.callback(self.guard.close)
-        self._pulls: list[_Pull] = []
-        self._lane: _Pull | None = None
-        opened.callback(self._close_ingest)
+        self.ingest = Ingest(self.ctx, s.ingest, self.guard)
+        opened.callback(self.ingest.close)
         try:
-            # The lane first: its endpoints are bound before the bulk socket's,
-            # so a collector that connects to both never finds bulk open and
-            # the lane not yet.
-            if s.ingest.lane:
-                self._lane = self._open_pull(
-                    "lane",
-                    ("ingest.priority_bind", s.ingest.priority_bind),
-                    ("ingest.priority_connect", s.ingest.priority_connect),
-                )
-            self._bulk = self._open_pull(
-                "ingest", ("ingest.bind", s.ingest.bind), ("ingest.connect", s.ingest.connect)
-            )
-            self.pull = self._bulk.sock
+            # The PULL sockets and their monitors (agent/ingest.py), the lane first.
+            self.ingest.open()
             self.upstream = Upstream(
                 self.ctx,
                 s.upstream,
@@ -367,52 +267,6 @@ class Agent:
         except zmq.ZMQError as e:
             raise StartupError(f"cannot open sockets: {e}") from e
         opened.callback(self.upstream.close)
-
-    def _open_pull(self, name: str, *endpoints: tuple[str, Sequence[str]]) -> _Pull:
-        """A PULL socket with the ingest settings (the bulk one and the lane
-        share them all: INTERFACE.md), its monitor, bound and connected to
-        `endpoints` ((config key, endpoints) pairs; bind keys end in "bind").
-        Registered for closing at once, so a failure closes it."""
-        s = self.settings.ingest
-        sock = self.ctx.socket(zmq.PULL)
-        pull = _Pull(name, sock, s.max_peers, lane=name == "lane")
-        self._pulls.append(pull)
-        configure_pull(sock, s)
-        # Both sockets admit the same collectors: the lane is secured under the
-        # ingest name (same keys, same ZAP domain, refusals counted together).
-        # The loop owns each PULL's monitor (a socket has one): the guard's
-        # handshake events come through it, see _read_monitor.
-        self.guard.secure(sock, "ingest", monitor=False)
-        pull.monitor = sock.get_monitor_socket(
-            PULL_MONITOR_EVENTS | self.guard.monitor_events("ingest")
-        )
-        for key, eps in endpoints:
-            attach = sock.bind if key.endswith("bind") else sock.connect
-            for ep in eps:
-                try:
-                    attach(ep)
-                except zmq.ZMQError as e:
-                    reason = zmq.strerror(e.errno) if e.errno is not None else str(e)
-                    raise EndpointError(key, ep, reason) from e
-        return pull
-
-    def _close_ingest(self) -> None:
-        """Close the PULL sockets (if the stop has not yet) and their monitors."""
-        for pull in getattr(self, "_pulls", ()):
-            if pull.monitor is not None:
-                pull.monitor.close(0)
-            if not pull.sock.closed:
-                with contextlib.suppress(zmq.ZMQError):
-                    pull.sock.disable_monitor()
-                pull.sock.close(0)
-
-    def _stop_ingest(self) -> None:
-        """The stop sequence's end of ingest: stop polling the PULL sockets and
-        close them (nothing more is accepted; what libzmq still held is gone
-        with them, as before the lane)."""
-        for pull in self._pulls:
-            self._poller.unregister(pull.sock)
-            pull.sock.close(0)
 
     def _open_state(self) -> None:
         s = self.settings
@@ -446,7 +300,7 @@ class Agent:
                 budget_bytes=s.buffer.budget_bytes,
                 critical_reserve_bytes=s.buffer.critical_reserve_bytes,
                 spill_dir=s.spill.dir,
-                lane_configured=self._lane is not None,
+                lane_configured=self.ingest.lane is not None,
                 ingest_path=INGEST_PATH,
                 max_peers=s.ingest.max_peers,
             )
@@ -463,9 +317,6 @@ class Agent:
             write_through_after_s=s.upstream.linger_ms / 1000 + 0.005,
         )
         self.paused = False
-        # The lane took the last room of a turn while bulk waited: the next
-        # turn reads bulk first (LANE_MAX_BURSTS).
-        self._bulk_owed = False
         self._blocked_until = 0.0
         self._pending_since: list[float | None] = [None] * len(CLASSES)
         self._next_snapshot = 0.0
@@ -543,7 +394,7 @@ class Agent:
 
     def _serve(self) -> None:
         poller = zmq.Poller()
-        for pull in self._pulls:
+        for pull in self.ingest.pulls:
             poller.register(pull.sock, zmq.POLLIN)
             poller.register(pull.monitor, zmq.POLLIN)
         poller.register(self.upstream.sock, zmq.POLLIN)
@@ -573,9 +424,7 @@ class Agent:
             self.upstream.handle_subscriptions(time.monotonic())
         if self.upstream.monitor in ready:
             self.upstream.handle_monitor()
-        for pull in self._pulls:
-            if pull.monitor in ready:
-                self._read_monitor(pull)
+        self.ingest.read_monitors(ready)
         if any(sock in ready for sock in self._guard_sockets):
             self.guard.handle()
         if self._wake_r.fileno() in ready:
@@ -619,33 +468,15 @@ class Agent:
     # -- ingest ----------------------------------------------------------------
 
     def _ingest(self, ready: dict) -> bool:
-        """This turn's reading: what waits on the alert lane first (at most
-        LANE_MAX_BURSTS bursts), then one bulk burst. Every burst is read only
-        with room for it in the budget: the previous turn's make_room left room
-        for one, and the governor is asked before each further one. Returns
-        True if any frame was read. `ready`: this turn's poll."""
-        bulk_ready = self.pull in ready
-        lane = self._lane
-        got = lane_read = False
-        if lane is not None and lane.sock in ready and not (self._bulk_owed and bulk_ready):
-            for i in range(LANE_MAX_BURSTS):
-                if i and not self._room_for_burst():
-                    break
-                if not self._ingest_burst(lane):
-                    break  # the lane is empty
-                got = lane_read = True
-        if bulk_ready:
-            if lane_read and not self._room_for_burst():
-                self._bulk_owed = True
-            else:
-                self._bulk_owed = False
-                got = self._ingest_burst(self._bulk) or got
-        return got
+        """This turn's reading, in the ingest's order (agent/ingest.py: the
+        alert lane first, then one bulk burst, each with room for it). True if
+        any frame was read. `ready`: this turn's poll."""
+        return self.ingest.read_turn(ready, self._room_for_burst, self._ingest_burst)
 
     def _room_for_burst(self) -> bool:
         return self.governor.can_admit(self.queues.pool.in_use_bytes)
 
-    def _ingest_burst(self, pull: _Pull) -> bool:
+    def _ingest_burst(self, pull: Pull) -> bool:
         """One burst from `pull`, decoded and queued. True if anything was read."""
         arrived = time.monotonic()  # the frames of this burst were here by now
         frames, multipart = pull.read()
@@ -675,51 +506,13 @@ class Agent:
                 if self._pending_since[cls] is None and q.front_events:
                     self._pending_since[cls] = now
 
-    def _read_monitor(self, pull: _Pull) -> None:
-        """Connections coming and going on `pull` (agent/peers.py keeps the
-        count and decides refusals; the guard counts CURVE refusals)."""
-        assert pull.monitor is not None
-        peers = pull.peers
-        for _ in range(MONITOR_MAX_PER_TURN):
-            try:
-                msg = recv_monitor_message(pull.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            event, value = msg["event"], msg["value"]
-            if event & HANDSHAKE_FAILED_EVENTS:
-                self.guard.on_monitor_event("ingest", msg)  # counts it when CURVE is on
-                peers.handshake_failed()
-            elif event == zmq.EVENT_ACCEPTED:
-                if peers.accepted(value):
-                    self._refuse(pull, value, msg["endpoint"])
-            elif event == zmq.EVENT_CONNECTED:
-                peers.connected_out(value)
-            elif event == zmq.EVENT_DISCONNECTED:
-                peers.disconnected(value)
-
-    def _refuse(self, pull: _Pull, fd: int, endpoint: bytes) -> None:
-        """Close connection `fd`, just accepted beyond ingest.max_peers. A
-        libzmq peer retries after its reconnect interval (100 ms by default)."""
-        closed = _shutdown_connection(fd, endpoint.decode("utf-8", "replace"))
-        n = pull.peers.refused
-        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th ...: no clock, no per-peer state
-            log.warning(
-                "%s: %d peers connected (ingest.max_peers): %s a new connection on %s "
-                "(%d refused so far)",
-                pull.name,
-                pull.peers.connected,
-                "closed" if closed else "could not close (it was gone)",
-                endpoint.decode("utf-8", "replace"),
-                n,
-            )
-
     def _set_paused(self, paused: bool) -> None:
         """Stop (or resume) polling ingest: the buffer policy found no room for
         one more burst (critical alone fills memory and its ring)."""
         if paused == self.paused:
             return
         self.paused = paused
-        for pull in self._pulls:
+        for pull in self.ingest.pulls:
             self._poller.modify(pull.sock, 0 if paused else zmq.POLLIN)
         if paused:
             log.warning(
@@ -865,7 +658,7 @@ class Agent:
             ),
             ingest_unauthorized=curve.ingest.unauthorized,
             paused=self.paused,
-            peers=[pull.peers.statistics() for pull in self._pulls],
+            peers=[pull.peers.statistics() for pull in self.ingest.pulls],
             write_through=self.pressure.write_through_state(),
         )
 
@@ -887,7 +680,7 @@ class Agent:
                 break
             if self._turn(min(STOP_IDLE_S, self._poll_timeout(now))):
                 last_frame = time.monotonic()
-        self._stop_ingest()
+        self.ingest.stop(self._poller)
         parked, lost = self.pressure.park_in_memory_events(time.monotonic())
         self._next_drop_log = 0.0
         self._timers(time.monotonic())  # log what was evicted, once per class
@@ -907,31 +700,6 @@ class Agent:
             )
 
 
-def ingest_socket_options(s: IngestSettings) -> list[tuple[int, int]]:
-    """(option, value) for each PULL socket the agent opens: the bulk one and
-    the lane alike (INTERFACE.md: same size limit, same buffers)."""
-    return [
-        (zmq.MAXMSGSIZE, s.max_frame_bytes),
-        (zmq.RCVHWM, s.rcvhwm),
-        (zmq.RCVBUF, s.rcvbuf_bytes),
-        (zmq.LINGER, 0),
-        (zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS),
-        (zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS),
-        (zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS),
-        (zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS),
-        (zmq.TCP_KEEPALIVE, 1),
-        (zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S),
-        (zmq.TCP_KEEPALIVE_INTVL, TCP_KEEPALIVE_INTVL_S),
-        (zmq.TCP_KEEPALIVE_CNT, TCP_KEEPALIVE_CNT),
-    ]
-
-
-def configure_pull(sock: zmq.Socket, s: IngestSettings) -> None:
-    """Set `ingest_socket_options(s)` on `sock`, before it binds or connects."""
-    for option, value in ingest_socket_options(s):
-        sock.setsockopt(option, value)
-
-
 def _endpoint_list(bind: Sequence[str], connect: Sequence[str]) -> str:
     """`bind A, B, connect C` for the start-up log."""
     parts = []
@@ -940,50 +708,6 @@ def _endpoint_list(bind: Sequence[str], connect: Sequence[str]) -> str:
     if connect:
         parts.append("connect " + ", ".join(connect))
     return " ".join(parts) or "none"
-
-
-def _shutdown_connection(fd: int, endpoint: str) -> bool:
-    """Shut down the connection libzmq reported as accepted on descriptor `fd`
-    by the listener at `endpoint`; libzmq then sees the connection end, closes
-    `fd` itself and reports DISCONNECTED. Works on a duplicate: this thread
-    never closes libzmq's descriptor. The number may have been reused since the
-    event (libzmq closed it meanwhile), so only a connection whose local
-    address is that listener's is touched. False: nothing was shut down."""
-    try:
-        dup = os.dup(fd)
-    except OSError:
-        return False
-    try:
-        conn = socket.socket(fileno=dup)
-    except OSError:
-        os.close(dup)
-        return False
-    with conn:
-        try:
-            if not _local_address_is(conn, endpoint):
-                return False
-            conn.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            return False
-    return True
-
-
-def _local_address_is(conn: socket.socket, endpoint: str) -> bool:
-    """Is `conn` a connection accepted by the listener at `endpoint`
-    (`tcp://addr:port`, `ipc:///path`, `ipc://@name`)?"""
-    if conn.type != socket.SOCK_STREAM:
-        return False
-    local = conn.getsockname()
-    if endpoint.startswith("tcp://") and conn.family in (socket.AF_INET, socket.AF_INET6):
-        return str(local[1]) == endpoint.rpartition(":")[2]
-    if endpoint.startswith("ipc://") and conn.family == socket.AF_UNIX:
-        path = endpoint[len("ipc://") :]
-        if path.startswith("@"):
-            path = "\0" + path[1:]
-        if isinstance(local, bytes):
-            local = local.decode("utf-8", "surrogateescape")
-        return bool(local == path)
-    return False
 
 
 def run_agent(settings: Settings, config_path: str | None = None) -> int:

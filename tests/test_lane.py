@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from agent import fastpath
-from agent.loop import configure_pull, ingest_socket_options
+from agent.ingest import configure_pull, ingest_socket_options
 from agent.settings import IngestSettings
 
 from curvekeys import AGENT, KeyPairs
@@ -310,7 +310,7 @@ def test_shutdown_connection_touches_only_a_connection_of_that_listener(
     # number (from the monitor), after checking it belongs to that listener.
     import socket as so
 
-    from agent.loop import _shutdown_connection
+    from agent.ingest import _shutdown_connection
 
     if family == "tcp":
         listener = so.create_server(("127.0.0.1", 0))
@@ -353,15 +353,14 @@ class _FakePull:
 def _turns(
     lane_bursts: int, bulk_bursts: int, room: Callable[[list[str]], bool], turns: int
 ) -> list[list[str]]:
-    """The bursts each turn reads (`Agent._ingest` with sockets and memory faked)."""
-    from agent.loop import Agent
+    """The bursts each turn reads (`Ingest.read_turn` with sockets and memory faked)."""
+    from agent.ingest import Ingest
 
-    agent = Agent.__new__(Agent)
+    ingest = Ingest.__new__(Ingest)
     lane, bulk = _FakePull("lane", lane_bursts), _FakePull("bulk", bulk_bursts)
-    agent._lane = lane  # type: ignore[assignment]
-    agent._bulk = bulk  # type: ignore[assignment]
-    agent.pull = bulk.sock  # type: ignore[assignment]
-    agent._bulk_owed = False
+    ingest.lane = lane  # type: ignore[assignment]
+    ingest.bulk = bulk  # type: ignore[assignment]
+    ingest.bulk_owed = False
     read: list[str] = []
 
     def burst(pull: _FakePull) -> bool:
@@ -371,21 +370,19 @@ def _turns(
         read.append(pull.name)
         return True
 
-    agent._ingest_burst = burst  # type: ignore[assignment, method-assign]
-    agent._room_for_burst = lambda: room(read)  # type: ignore[method-assign]
     out = []
     for _ in range(turns):
         read.clear()
         ready = {
             s: 1 for s in (lane.sock, bulk.sock) if (lane.bursts if s is lane.sock else bulk.bursts)
         }
-        agent._ingest(ready)
+        ingest.read_turn(ready, lambda: room(read), burst)  # type: ignore[arg-type]
         out.append(list(read))
     return out
 
 
 def test_a_turn_reads_the_lane_first_then_one_bulk_burst() -> None:
-    from agent.loop import LANE_MAX_BURSTS
+    from agent.ingest import LANE_MAX_BURSTS
 
     turns = _turns(10, 10, lambda read: True, 3)
     assert turns[0] == ["lane"] * LANE_MAX_BURSTS + ["bulk"]
