@@ -39,12 +39,12 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Sequence
 
 import zmq
 
 import agent
 from agent import fastpath, memory
+from agent.announce import plan_reload, startup_lines, stopped_line
 from agent.batching import (
     IN_FLIGHT_TARGET_S,
     BatchPolicy,
@@ -194,30 +194,16 @@ class Agent:
         )
 
     def _log_startup(self) -> None:
-        """What a technician needs to find everything (issue 12 item 7): the
-        config file, the spill dir, every endpoint and which ingest core runs,
-        and the most libzmq may hold for the ingest peers (agent/ingest.py)."""
-        s = self.settings
-        i = s.ingest
-        log.info(
-            "config %s; spill dir %s; ingest path %s (%s; burst reader %s)",
-            self.config_path or "(none: built-in defaults)",
-            s.spill.dir,
-            self.telemetry.identity.ingest_path,
-            fastpath.describe(),
-            "/".join(self.ingest.reader_kinds()),
-        )
         assert self.http_address is not None
-        host, port = self.http_address
-        log.info(
-            "endpoints: ingest %s; lane %s; upstream %s; http http://%s:%d%s",
-            _endpoint_list(i.bind, i.connect),
-            _endpoint_list(i.priority_bind, i.priority_connect) if i.lane else "off",
-            _endpoint_list(s.upstream.bind, s.upstream.connect),
-            f"[{host}]" if ":" in host else host,
-            port,
-            BACKPRESSURE_PATH,
-        )
+        for line in startup_lines(
+            self.settings,
+            self.config_path,
+            ingest_path=self.telemetry.identity.ingest_path,
+            core=fastpath.describe(),
+            readers=self.ingest.reader_kinds(),
+            http_address=self.http_address,
+        ):
+            log.info("%s", line)
         self.ingest.log_buffers()
 
     def _install_signals(self, opened: contextlib.ExitStack) -> None:
@@ -350,13 +336,7 @@ class Agent:
         (class rules, batching, log level). Queued events keep their class and
         their order; new rules apply to events decoded from now on. Anything
         else that changed is logged as needing a restart and is not applied."""
-        from agent.config import (
-            RELOADABLE,
-            ConfigError,
-            apply_reloadable,
-            changed_keys,
-            load_config,
-        )
+        from agent.config import ConfigError, load_config
 
         self._reload_requested = False
         try:
@@ -373,20 +353,17 @@ class Agent:
             log.error("SIGHUP: config not reloaded, keeping the running one: %s", e)
             self.notifier.ready("reload failed, running config kept")
             return
-        changed = changed_keys(self.settings, new)
-        applied = [k for k in changed if k in RELOADABLE]
-        restart = [k for k in changed if k not in RELOADABLE]
+        plan = plan_reload(self.settings, new)
         self.decoder.set_rules(new.classes)
         u = new.upstream
         self.policy = BatchPolicy(u.batch_max_events, u.batch_max_bytes, u.linger_ms / 1000)
         logging.getLogger().setLevel(new.agent.log_level.upper())
-        self.settings = apply_reloadable(self.settings, new)
-        log.info(
-            "SIGHUP: reloaded %s: applied %s", self.config_path, ", ".join(applied) or "nothing"
-        )
-        if restart:
+        self.settings = plan.settings
+        applied = ", ".join(plan.applied) or "nothing"
+        log.info("SIGHUP: reloaded %s: applied %s", self.config_path, applied)
+        if plan.restart:
             log.warning(
-                "SIGHUP: these changed keys need a restart to apply: %s", ", ".join(restart)
+                "SIGHUP: these changed keys need a restart to apply: %s", ", ".join(plan.restart)
             )
         self.notifier.ready("config reloaded")
 
@@ -687,27 +664,7 @@ class Agent:
         self.store.flush()
         self._publish_snapshot(time.monotonic())
         delivered = sum(c.delivered for c in self.telemetry.classes)
-        if lost:
-            log.error(
-                "stopped: %d delivered, %d events parked on disk, %d LOST (spill full)",
-                delivered,
-                parked,
-                lost,
-            )
-        else:
-            log.info(
-                "stopped: %d delivered, %d events parked on disk, nothing lost", delivered, parked
-            )
-
-
-def _endpoint_list(bind: Sequence[str], connect: Sequence[str]) -> str:
-    """`bind A, B, connect C` for the start-up log."""
-    parts = []
-    if bind:
-        parts.append("bind " + ", ".join(bind))
-    if connect:
-        parts.append("connect " + ", ".join(connect))
-    return " ".join(parts) or "none"
+        log.log(*stopped_line(delivered, parked, lost))
 
 
 def run_agent(settings: Settings, config_path: str | None = None) -> int:

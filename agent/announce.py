@@ -1,0 +1,93 @@
+"""What the agent says about itself when it starts and when it reloads.
+
+Owns: the start-up lines that let a technician find everything (issue 12 item
+7: the config file, the spill dir, which ingest core runs, every endpoint), the
+last line of a stop (what was delivered, parked and lost), and the SIGHUP
+decision (what a reload applies, what needs a restart). Pure: the
+loop passes in what it opened and applies what `plan_reload` returns.
+
+Promises: the lines name every endpoint as configured (binds before
+connects), the HTTP address as actually bound; a reload never changes a key
+outside config.RELOADABLE, and lists every changed key either as applied or as
+needing a restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+from agent.config import RELOADABLE, apply_reloadable, changed_keys
+from agent.routes import BACKPRESSURE_PATH
+from agent.settings import Settings
+
+
+def endpoint_list(bind: Sequence[str], connect: Sequence[str]) -> str:
+    """`bind A, B connect C` for the start-up log; `none` when neither."""
+    parts = []
+    if bind:
+        parts.append("bind " + ", ".join(bind))
+    if connect:
+        parts.append("connect " + ", ".join(connect))
+    return " ".join(parts) or "none"
+
+
+def startup_lines(
+    settings: Settings,
+    config_path: str | None,
+    *,
+    ingest_path: str,
+    core: str,
+    readers: Sequence[str],
+    http_address: tuple[str, int],
+) -> tuple[str, str]:
+    """The two lines before `ready:`: where things are, and every endpoint."""
+    s, i = settings, settings.ingest
+    where = (
+        f"config {config_path or '(none: built-in defaults)'}; spill dir {s.spill.dir}; "
+        f"ingest path {ingest_path} ({core}; burst reader {'/'.join(readers)})"
+    )
+    host, port = http_address
+    lane = endpoint_list(i.priority_bind, i.priority_connect) if i.lane else "off"
+    endpoints = (
+        f"endpoints: ingest {endpoint_list(i.bind, i.connect)}; lane {lane}; "
+        f"upstream {endpoint_list(s.upstream.bind, s.upstream.connect)}; "
+        f"http http://{f'[{host}]' if ':' in host else host}:{port}{BACKPRESSURE_PATH}"
+    )
+    return where, endpoints
+
+
+def stopped_line(delivered: int, parked: int, lost: int) -> tuple[int, str]:
+    """(log level, text) of the last line of a stop: ERROR when anything was
+    lost (only possible when a class's spill share is full at that moment)."""
+    if lost:
+        return (
+            logging.ERROR,
+            f"stopped: {delivered} delivered, {parked} events parked on disk, "
+            f"{lost} LOST (spill full)",
+        )
+    return (
+        logging.INFO,
+        f"stopped: {delivered} delivered, {parked} events parked on disk, nothing lost",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Reload:
+    settings: Settings  # what runs after the reload
+    applied: tuple[str, ...]  # changed keys applied now
+    restart: tuple[str, ...]  # changed keys that need a restart (not applied)
+
+
+def plan_reload(running: Settings, new: Settings) -> Reload:
+    """SIGHUP with a valid file: `running` with every RELOADABLE key taken
+    from `new` (class rules, batching, log level); the rest keeps running as
+    it is, so the next reload compares against the truth and repeats the
+    restart warning."""
+    changed = changed_keys(running, new)
+    return Reload(
+        apply_reloadable(running, new),
+        tuple(k for k in changed if k in RELOADABLE),
+        tuple(k for k in changed if k not in RELOADABLE),
+    )
