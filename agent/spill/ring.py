@@ -61,16 +61,12 @@ import mmap
 import os
 from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
 
 from agent.spill.format import (
     ALIGN,
     DATA_OFFSET,
     FIXED_SEEDS,
     INITIAL_SEQ,
-    KIND_BATCH,
-    KIND_SKIP,
-    MAX_RUN_PIECES,
     MIN_DATA_BYTES,
     REC_HDR,
     SLOT_BYTES,
@@ -79,59 +75,35 @@ from agent.spill.format import (
     Seeds,
     SlotState,
     data_size_for,
-    decode_record_header,
     encode_slot,
     max_span_for,
     normalize,
-    pack_record_header,
     place_back,
     place_front,
-    record_crc_ok,
-    record_span,
-    seal_record,
     used_bytes,
 )
 from agent.spill.recover import (
     LiveRecord,
     Recovery,
-    _Budget,
     file_size_to_map,
-    find_valid,
     recover,
 )
 from agent.spill.ringfile import (
     SpillError,
-    allocate,
     fsync_dir,
     map_fd,
     map_file,
     open_sparse,
-    punch,
     read_head,
     zero_fill,
 )
+from agent.spill.runs import Piece, PreparedRun, prepare_run, read_run, write_run, write_skip
+from agent.spill.window import RingBudget, SparseWindow
 
 __all__ = ["Piece", "RingStats", "SpillError", "SpillRing"]
 
-# A record's event count is a u32 in its header (format.py).
-MAX_RECORD_EVENTS = 0xFFFF_FFFF
 
-# A sparse ring allocates its window in steps of this much (fallocate + pwrite
-# of zeros: ~0.5-1 ms per MiB here), so a 256 KiB chunk pays for it once in four.
-ALLOC_STEP = 1024 * 1024
 _PAGE = mmap.PAGESIZE
-
-
-class RingBudget(Protocol):
-    """The share of the spill budget one sparse ring draws on (store.py)."""
-
-    def take(self, nbytes: int, *, force: bool = False) -> bool: ...
-    def give(self, nbytes: int) -> None: ...
-
-
-# One piece of a run as the caller hands it in: its payload's parts (copied
-# once, back to back, into the mapping) and its event count.
-Piece = tuple[Sequence[Buffer], int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,13 +128,6 @@ class RingStats:
     corrupt_events: int = 0  # events of damaged pieces whose header survived
     corrupt_bytes: int = 0  # bytes skipped over damage
     damage: tuple[tuple[int, int], ...] = ()  # (file offset, bytes), the first few
-
-
-def _as_bytes_view(part: Buffer) -> memoryview:
-    view = memoryview(part)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
 
 
 class SpillRing:
@@ -225,14 +190,10 @@ class SpillRing:
         self._recovered_records = 0
         self._recovered_events = 0
         self._closed = False
-        # Sparse rings (a shared budget): the file's descriptor, the budget, and
-        # the allocated window [win_a, win_a + win_len) of the data region around
-        # the circle (page-aligned). Invariant: the window covers every live
-        # run and skip item; nothing outside it is allocated.
-        self._fd: int | None = None
-        self._budget: RingBudget | None = None
-        self._win_a = 0
-        self._win_len = 0
+        # Sparse rings (a shared budget): the allocated window of the data region
+        # and the file's descriptor (window.py). Invariant: the window covers
+        # every live run and skip item; nothing outside it is allocated.
+        self._window: SparseWindow | None = None
 
     # ------------------------------------------------------------- opening
 
@@ -317,8 +278,7 @@ class SpillRing:
             os.close(fd)
             raise
         ring = cls(path, class_index, mm, file_size, seeds)
-        ring._fd = fd
-        ring._budget = budget
+        ring._window = SparseWindow(fd, ring._data_size, budget)
         ring._prepared = ring._data_size  # allocation zero-fills as it goes
         if fresh:
             ring._format(INITIAL_SEQ)
@@ -326,111 +286,26 @@ class SpillRing:
             fsync_dir(path)
         else:
             ring._adopt(recover(ring._mv, class_index, seeds))
-        ring._adopt_window()
+        records = list(ring._read) + list(ring._unread)
+        end = records[-1].pos + records[-1].bytes_held if records else None
+        ring._window.adopt(ring._head_pos, end)
         return ring
-
-    def _adopt_window(self) -> None:
-        """The window the live runs need; everything else of the region punched."""
-        size = self._data_size
-        records = list(self._read) + list(self._unread)
-        if not records:
-            self._win_a = self._win_len = 0
-        else:
-            last = records[-1]
-            end = last.pos + last.bytes_held
-            self._win_a = self._head_pos - self._head_pos % _PAGE
-            end = min(size, -(-end // _PAGE) * _PAGE)
-            self._win_len = (end - self._win_a - 1) % size + 1
-        assert self._budget is not None
-        self._budget.take(self._win_len, force=True)
-        self._punch(self._win_a + self._win_len, size - self._win_len)
-
-    def _window_segments(self, start: int, length: int) -> list[tuple[int, int]]:
-        """[start, start + length) around the circle as (offset, length) in the file."""
-        size = self._data_size
-        start %= size
-        first = min(length, size - start)
-        segs = [(DATA_OFFSET + start, first)]
-        if length > first:
-            segs.append((DATA_OFFSET, length - first))
-        return segs
-
-    def _punch(self, start: int, length: int) -> None:
-        assert self._fd is not None
-        for off, n in self._window_segments(start, length):
-            punch(self._fd, off, n)
-
-    def _cover_back(self, end: int) -> bool:
-        """Grow the window forward until it reaches region position `end` (in
-        (0, size]). False: the budget or the disk has no room (nothing changed)."""
-        if self._budget is None:
-            return True
-        size = self._data_size
-        if self._win_len == 0:
-            self._win_a = 0
-        reach = (end - self._win_a - 1) % size + 1
-        if reach <= self._win_len:
-            return True
-        reach = min(size, -(-reach // _PAGE) * _PAGE)
-        want = min(size, -(-reach // ALLOC_STEP) * ALLOC_STEP)
-        start = self._win_a + self._win_len
-        if want > reach and self._grow(start, want - self._win_len, back=True):
-            return True
-        return self._grow(start, reach - self._win_len, back=True)
-
-    def _cover_front(self, start: int) -> bool:
-        """Grow the window backward until it starts at or below region position
-        `start`. False: no room (nothing changed)."""
-        if self._budget is None:
-            return True
-        size = self._data_size
-        start -= start % _PAGE
-        if (start - self._win_a) % size < self._win_len:
-            return True
-        extra = (self._win_a - start) % size
-        return self._grow(start, extra, back=False)
-
-    def _grow(self, start: int, length: int, *, back: bool) -> bool:
-        assert self._budget is not None and self._fd is not None
-        if length <= 0:
-            return True
-        if self._win_len + length > self._data_size or not self._budget.take(length):
-            return False
-        done: list[tuple[int, int]] = []
-        for off, n in self._window_segments(start, length):
-            if not allocate(self._fd, off, n):
-                for o, m in done:
-                    punch(self._fd, o, m)
-                self._budget.give(length)
-                return False
-            done.append((off, n))
-        if not back:
-            self._win_a = start % self._data_size
-        self._win_len += length
-        return True
-
-    def _release_window(self) -> None:
-        """The head moved forward (or the ring emptied): punch what it passed."""
-        if self._budget is None:
-            return
-        if not (self._read or self._unread):
-            self._punch(self._win_a, self._win_len)
-            self._budget.give(self._win_len)
-            self._win_a = self._win_len = 0
-            return
-        size = self._data_size
-        new_a = self._head_pos - self._head_pos % _PAGE
-        moved = (new_a - self._win_a) % size
-        if 0 < moved < self._win_len:
-            self._punch(self._win_a, moved)
-            self._budget.give(moved)
-            self._win_a = new_a
-            self._win_len -= moved
 
     @property
     def allocated_bytes(self) -> int:
         """Data bytes allocated for this ring (its window; all of it when not sparse)."""
-        return self._win_len if self._budget is not None else self._data_size
+        return self._window.allocated if self._window is not None else self._data_size
+
+    def _cover_back(self, end: int) -> bool:
+        return self._window is None or self._window.cover_back(end)
+
+    def _cover_front(self, start: int) -> bool:
+        return self._window is None or self._window.cover_front(start)
+
+    def _release_window(self) -> None:
+        """The head moved forward (or the ring emptied): punch what it passed."""
+        if self._window is not None:
+            self._window.release(self._head_pos, empty=not (self._read or self._unread))
 
     def _adopt(self, found: Recovery) -> None:
         """Take what recovery found as the index, and rewrite both header slots
@@ -542,37 +417,41 @@ class SpillRing:
         read record and ahead of every unread one)."""
         if read and self._unread:
             raise RuntimeError(f"write-through push on {self.path} with records unread")
-        views, lengths, count, span = self._check_run(pieces)
+        run = prepare_run(self.path, pieces, self._max_span)
+        span = run.span
         empty = not (self._read or self._unread)
         place = place_back(self._data_size, self._head_pos, self._tail_pos, span, empty=empty)
         if place is None:
             return False
-        head = self._head_pos
-        sparse_wrap = self._budget is not None and not empty and place.pos < head
-        if sparse_wrap and place.pos + span > head - head % _PAGE:
+        window = self._window
+        if (
+            window is not None
+            and not empty
+            and not window.back_clear_of_head(place.pos, span, self._head_pos)
+        ):
             return False  # a sparse ring's tail never enters the head's page
-        if empty and self._budget is not None and self._win_len:
+        if empty and window is not None and window.allocated:
             self._release_window()  # an empty ring starts over at 0
         if not self._cover_back(place.pos + span):
             return False
         seq = self._tail_seq
         floor = seq if empty else self._head_seq
         pos = place.pos
-        self._write_run(pos, views, lengths, pieces, seq, floor)
+        self._write_run(pos, run, seq, floor)
         if place.skip_at >= 0:  # the wrap marker, after the run
             self._write_skip(place.skip_at, place.skip_length, seq)
         n = len(pieces)
-        entry = LiveRecord(pos, seq, count, sum(lengths), n, span)
+        entry = LiveRecord(pos, seq, run.count, run.length, n, span)
         self._tail_pos = normalize(self._data_size, pos + span)
         self._tail_seq = seq + n
         if read:
             self._read.append(entry)
-            self._read_events += count
+            self._read_events += entry.count
             self._read_bytes += entry.length
             self._read_pieces += n
         else:
             self._unread.append(entry)
-        self._events += count
+        self._events += entry.count
         self._bytes += entry.length
         self._pieces += n
         if len(self._read) + len(self._unread) == 1:
@@ -586,12 +465,13 @@ class SpillRing:
             raise RuntimeError(f"push_front on {self.path} with records read but unreleased")
         if not self._unread:
             return self.push_back_run(pieces)
-        views, lengths, count, span = self._check_run(pieces)
+        run = prepare_run(self.path, pieces, self._max_span)
+        span = run.span
         place = place_front(self._data_size, self._head_pos, self._tail_pos, span)
         if place is None:
             return False
-        tail = self._tail_pos
-        if self._budget is not None and place.pos >= tail and place.pos < -(-tail // _PAGE) * _PAGE:
+        window = self._window
+        if window is not None and not window.front_clear_of_tail(place.pos, self._tail_pos):
             return False  # nor the head the tail's
         if not self._cover_front(place.skip_at if place.skip_at >= 0 else place.pos):
             return False
@@ -600,101 +480,45 @@ class SpillRing:
         n = len(pieces)
         seq = self._head_seq - n
         pos = place.pos
-        self._write_run(pos, views, lengths, pieces, seq, seq)
+        self._write_run(pos, run, seq, seq)
         if place.skip_at >= 0:  # the hole [0, old head) in front of the new run
             self._write_skip(place.skip_at, place.skip_length, self._head_seq)
-        entry = LiveRecord(pos, seq, count, sum(lengths), n, span)
+        entry = LiveRecord(pos, seq, run.count, run.length, n, span)
         self._unread.appendleft(entry)
-        self._events += count
+        self._events += entry.count
         self._bytes += entry.length
         self._pieces += n
         self._head_pos, self._head_seq = pos, seq
         self._write_header()
         return True
 
-    def _check_run(
-        self, pieces: Sequence[Piece]
-    ) -> tuple[list[list[memoryview]], list[int], int, int]:
-        if not pieces or len(pieces) > MAX_RUN_PIECES:
-            raise ValueError(f"spill ring {self.path}: a run needs 1..{MAX_RUN_PIECES} pieces")
-        views: list[list[memoryview]] = []
-        lengths: list[int] = []
-        count = span = 0
-        for parts, n in pieces:
-            vs = [_as_bytes_view(p) for p in parts]
-            length = sum(v.nbytes for v in vs)
-            if length <= 0 or n <= 0:
-                raise ValueError(f"spill ring {self.path}: a record needs bytes and events")
-            if n > MAX_RECORD_EVENTS:
-                raise ValueError(
-                    f"spill ring {self.path}: record of {n} events exceeds the most a "
-                    f"record can count ({MAX_RECORD_EVENTS})"
-                )
-            views.append(vs)
-            lengths.append(length)
-            count += n
-            span += record_span(length)
-        if span > self._max_span:
-            raise ValueError(
-                f"spill ring {self.path}: record of {sum(lengths)} bytes exceeds the ring's "
-                f"largest ({self.max_payload_bytes})"
-            )
-        return views, lengths, count, span
-
-    def _write_run(
-        self,
-        pos: int,
-        views: list[list[memoryview]],
-        lengths: list[int],
-        pieces: Sequence[Piece],
-        seq: int,
-        floor: int,
-    ) -> None:
-        """Every piece, each header then payload then its crc (written last, so a
-        piece cut short by a crash fails it); the pages are dropped once written."""
-        mv = self._mv
-        seeds = self.seeds
-        stamp = self._gen + 1
-        off = start = DATA_OFFSET + pos
-        last = len(pieces) - 1
-        for i, (vs, length) in enumerate(zip(views, lengths, strict=True)):
-            pack_record_header(
-                mv,
-                off,
-                seq=seq + i,
-                floor=floor,
-                stamp=stamp,
-                length=length,
-                count=pieces[i][1],
-                class_index=self.class_index,
-                kind=KIND_BATCH,
-                more=last - i,
-                seeds=seeds,
-            )
-            at = off + REC_HDR
-            for v in vs:
-                mv[at : at + v.nbytes] = v
-                at += v.nbytes
-            seal_record(mv, off, length, seeds)
-            off += record_span(length)
-        self._mark_dirty(start, off)
-        self._unmap_pages(start, off)
+    def _write_run(self, pos: int, run: PreparedRun, seq: int, floor: int) -> None:
+        """The run's pieces at `pos` (runs.write_run); the pages are dropped once written."""
+        start = DATA_OFFSET + pos
+        end = write_run(
+            self._mv,
+            start,
+            run,
+            seq=seq,
+            floor=floor,
+            stamp=self._gen + 1,
+            class_index=self.class_index,
+            seeds=self.seeds,
+        )
+        self._mark_dirty(start, end)
+        self._unmap_pages(start, end)
 
     def _write_skip(self, pos: int, skip: int, seq: int) -> None:
         off = DATA_OFFSET + pos
-        pack_record_header(
+        write_skip(
             self._mv,
             off,
+            skip=skip,
             seq=seq,
-            floor=seq,
             stamp=self._gen + 1,
-            length=skip,
-            count=0,
             class_index=self.class_index,
-            kind=KIND_SKIP,
             seeds=self.seeds,
         )
-        seal_record(self._mv, off, 0, self.seeds)
         self._mark_dirty(off, off + REC_HDR)
 
     def _write_header(self) -> None:
@@ -740,39 +564,16 @@ class SpillRing:
         entry = self._advance_cursor()
         if entry is None:
             return None
-        out: list[tuple[int, bytes]] = []
         data = self._mv[DATA_OFFSET : DATA_OFFSET + self._data_size]
         try:
-            pos, seq, end = entry.pos, entry.seq, entry.pos + entry.bytes_held
-            while seq < entry.end_seq and pos < end:
-                hdr = decode_record_header(data, pos, self.class_index, self.seeds)
-                if (
-                    hdr is not None
-                    and hdr.seq == seq
-                    and hdr.kind == KIND_BATCH
-                    and pos + record_span(hdr.length) <= end
-                    and record_crc_ok(data, pos, hdr, self.seeds)
-                ):
-                    at = DATA_OFFSET + pos + REC_HDR
-                    out.append((hdr.count, self._mm[at : at + hdr.length]))
-                    pos += record_span(hdr.length)
-                    seq += 1
-                    continue
-                if hdr is not None and hdr.seq == seq and hdr.kind == KIND_BATCH:
-                    self._corrupt_events += hdr.count
-                budget = _Budget(entry.bytes_held)
-                hit = find_valid(
-                    data, self.class_index, pos, end - pos, seq - 1, budget, self.seeds
-                )
-                if hit is None or hit[1].seq >= entry.end_seq:
-                    self._corrupt += entry.end_seq - seq
-                    self._corrupt_bytes += end - pos
-                    break
-                self._corrupt += hit[1].seq - seq
-                self._corrupt_bytes += hit[0] - pos
-                pos, seq = hit[0], hit[1].seq
+            found = read_run(data, entry, self.class_index, self.seeds)
         finally:
             data.release()
+        self._corrupt += found.corrupt
+        self._corrupt_events += found.corrupt_events
+        self._corrupt_bytes += found.corrupt_bytes
+        at = DATA_OFFSET
+        out = [(n, self._mm[at + pos : at + pos + length]) for n, pos, length in found.pieces]
         self._unmap_pages(DATA_OFFSET + entry.pos, DATA_OFFSET + entry.pos + entry.bytes_held)
         return out
 
@@ -937,9 +738,9 @@ class SpillRing:
         self._closed = True
         self._mv.release()
         self._mm.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._window is not None and self._window.fd >= 0:
+            os.close(self._window.fd)
+            self._window.fd = -1
 
     def statistics(self) -> RingStats:
         records = len(self._read) + len(self._unread)
