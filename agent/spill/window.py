@@ -19,7 +19,7 @@ Promises:
   `give` for what is punched or what a failed allocation returned. A False
   (no room in the budget or on the disk) changes nothing.
 - A punch never touches a live byte: the ring's tail never enters its head's page
-  and its head never the tail's (`back_clear_of_head`, `front_clear_of_tail`),
+  and its head never the tail's (`room_back`, `room_front`),
   and the window only ever loses whole pages behind the head.
 
 # Invariant: the window is [start, start + length) around the circle, page-
@@ -30,9 +30,10 @@ Promises:
 from __future__ import annotations
 
 import mmap
+import os
 from typing import Protocol
 
-from agent.spill.format import DATA_OFFSET
+from agent.spill.format import DATA_OFFSET, Placement
 from agent.spill.ringfile import allocate, punch
 
 __all__ = ["ALLOC_STEP", "RingBudget", "SparseWindow"]
@@ -85,13 +86,26 @@ class SparseWindow:
         self._budget.take(self._len, force=True)
         self._punch(self._start + self._len, size - self._len)
 
-    def back_clear_of_head(self, pos: int, span: int, head: int) -> bool:
-        """A run at `pos` behind a wrapped tail stays out of the head's page."""
-        return pos >= head or pos + span <= head - head % _PAGE
+    def room_back(self, place: Placement, span: int, head: int, *, empty: bool) -> bool:
+        """Make the window cover a run of `span` bytes appended at `place` (and
+        its wrap marker, which lies inside the window already: at the old tail).
+        False: it would enter the head's page, or no room (nothing allocated)."""
+        pos = place.pos
+        if not empty and pos < head and pos + span > head - head % _PAGE:
+            return False  # a sparse ring's tail never enters the head's page
+        if empty and self._len:
+            self.release(0, empty=True)  # an empty ring starts over at 0
+        return self.cover_back(pos + span)
 
-    def front_clear_of_tail(self, pos: int, tail: int) -> bool:
-        """A run prepended at `pos` stays out of the tail's page."""
-        return not (tail <= pos < _page_up(tail))
+    def room_front(self, place: Placement, tail: int) -> bool:
+        """Make the window cover a run prepended at `place` and the skip item in
+        front of it (at 0, when there is one). False: it would enter the tail's
+        page, or no room."""
+        if tail <= place.pos < _page_up(tail):
+            return False  # nor the head the tail's
+        if not self.cover_front(place.skip_at if place.skip_at >= 0 else place.pos):
+            return False
+        return place.skip_at < 0 or self.cover_front(place.pos)
 
     def cover_back(self, end: int) -> bool:
         """Grow the window forward until it reaches region position `end` (in
@@ -134,6 +148,12 @@ class SparseWindow:
             self._budget.give(moved)
             self._start = new_start
             self._len -= moved
+
+    def close(self) -> None:
+        """Close the ring file's descriptor. Idempotent."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def _grow(self, start: int, length: int, *, back: bool) -> bool:
         if length <= 0:
