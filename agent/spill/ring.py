@@ -1,16 +1,21 @@
 """One event class's spill ring: the FIFO of records in one mapped ring file.
 
-This module owns one ring's state and its writes: the index of live records,
-the read cursor, where each record goes (`format.place_back`/`place_front`), the
-header writes that make a push or a release durable, msync, and the order of
-the steps that open a ring. The rest sits beside it:
+This module owns one ring's state and the order of its steps: head and tail,
+where each run goes (`format.place_back`/`place_front`), the header writes that
+make a push or a release durable, what a push, a read, a release or a drop does
+and in which order, and the steps that open, resize and close a ring. The rest
+sits beside it:
 - `format.py` (pure): what the bytes mean - layout, header slots, records,
   checksums - and the placement arithmetic;
 - `recover.py` (pure): how a found file is read back - the walk, the resync,
   the scan, what is adopted;
+- `index.py` (pure): the live runs in order, the read cursor, their totals;
+- `runs.py` (pure over a buffer): checking, writing and re-reading one run;
+- `window.py`: a sparse ring's allocated window and its share of the budget;
+- `mapping.py`: the mapping's dirty span, msync, dropping used pages;
 - `ringfile.py`: the file mechanics - open, posix_fallocate, zero-fill, fsync,
   mmap.
-`SpillRing` is the only code that writes into a ring's mapping.
+`SpillRing` alone decides what is written into a ring's mapping, and where.
 
 Promises:
 - Nothing is ever written outside what posix_fallocate allocated (FACTS: a
@@ -18,11 +23,8 @@ Promises:
   before the mapping writes it, so writes through the mapping never stall the
   loop on the filesystem converting unwritten extents (measured: up to 100 ms;
   see `SpillRing._zero_fill`). A fixed ring (`open`) does both once at
-  creation; a sparse ring (`open_sparse`, the one spill budget) keeps an
-  allocated window from its head to its tail, grown 1 MiB at a time ahead of
-  the tail (`_cover_back`, `_cover_front`) and punched behind the head
-  (`_release_window`). Its tail never enters its head's page and its head never
-  the tail's, so a punch never touches a live byte.
+  creation; a sparse ring (`open_sparse`, the one spill budget) has its window
+  covered (window.py) before each write, and punched behind its head.
 - Opening never raises for bad data and never hangs (recover.py's promises):
   torn or corrupt records are skipped and counted, a torn header slot falls
   back to the other one, two bad slots make the ring "empty-but-scan".
@@ -47,8 +49,8 @@ Promises:
 #   and every stale record ahead of the walk has a lower seq. The record checksum
 #   covers the seq, so no stale record can be relabelled by a partial write.
 # Invariant: the live records are the seqs [head_seq, tail_seq) in the order of
-#   `_read` then `_unread`; item boundaries are 0 or >= 48 bytes into the region,
-#   so a skip item always fits in front of a boundary.
+#   the index's `read` then `unread` (index.py); item boundaries are 0 or >= 48
+#   bytes into the region, so a skip item always fits in front of a boundary.
 # Invariant: `head_pos` is the position of the oldest unreleased record (or the
 #   tail when the ring is empty); the header in the mapping always matches the
 #   in-memory head/tail after every public call returns.
@@ -59,18 +61,13 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
-from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
 
 from agent.spill.format import (
     ALIGN,
     DATA_OFFSET,
     FIXED_SEEDS,
     INITIAL_SEQ,
-    KIND_BATCH,
-    KIND_SKIP,
-    MAX_RUN_PIECES,
     MIN_DATA_BYTES,
     REC_HDR,
     SLOT_BYTES,
@@ -79,59 +76,32 @@ from agent.spill.format import (
     Seeds,
     SlotState,
     data_size_for,
-    decode_record_header,
     encode_slot,
     max_span_for,
     normalize,
-    pack_record_header,
     place_back,
     place_front,
-    record_crc_ok,
-    record_span,
-    seal_record,
     used_bytes,
 )
-from agent.spill.recover import (
-    LiveRecord,
-    Recovery,
-    _Budget,
-    file_size_to_map,
-    find_valid,
-    recover,
-)
+from agent.spill.index import RunIndex
+from agent.spill.mapping import RingMapping
+from agent.spill.recover import LiveRecord, Recovery, file_size_to_map, recover
 from agent.spill.ringfile import (
     SpillError,
-    allocate,
     fsync_dir,
     map_fd,
     map_file,
     open_sparse,
-    punch,
     read_head,
     zero_fill,
 )
+from agent.spill.runs import Piece, PreparedRun, prepare_run, read_run, write_run, write_skip
+from agent.spill.window import RingBudget, SparseWindow
 
 __all__ = ["Piece", "RingStats", "SpillError", "SpillRing"]
 
-# A record's event count is a u32 in its header (format.py).
-MAX_RECORD_EVENTS = 0xFFFF_FFFF
 
-# A sparse ring allocates its window in steps of this much (fallocate + pwrite
-# of zeros: ~0.5-1 ms per MiB here), so a 256 KiB chunk pays for it once in four.
-ALLOC_STEP = 1024 * 1024
 _PAGE = mmap.PAGESIZE
-
-
-class RingBudget(Protocol):
-    """The share of the spill budget one sparse ring draws on (store.py)."""
-
-    def take(self, nbytes: int, *, force: bool = False) -> bool: ...
-    def give(self, nbytes: int) -> None: ...
-
-
-# One piece of a run as the caller hands it in: its payload's parts (copied
-# once, back to back, into the mapping) and its event count.
-Piece = tuple[Sequence[Buffer], int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,13 +126,6 @@ class RingStats:
     corrupt_events: int = 0  # events of damaged pieces whose header survived
     corrupt_bytes: int = 0  # bytes skipped over damage
     damage: tuple[tuple[int, int], ...] = ()  # (file offset, bytes), the first few
-
-
-def _as_bytes_view(part: Buffer) -> memoryview:
-    view = memoryview(part)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
 
 
 class SpillRing:
@@ -191,9 +154,7 @@ class SpillRing:
         self.path = path
         self.class_index = class_index
         self.seeds = seeds
-        self._mm = mm
-        self._mv = memoryview(mm)
-        self._file_size = file_size
+        self._map = RingMapping(path, mm, file_size)
         self._data_size = data_size_for(file_size)
         # Records never exceed this, so every boundary is 0 or >= REC_HDR and a
         # skip item always fits in front of one (see the module invariants).
@@ -204,18 +165,7 @@ class SpillRing:
         self._tail_seq = INITIAL_SEQ
         self._prepared = 0  # see _zero_fill
         self._gen = 0
-        self._read: deque[LiveRecord] = deque()  # read, not released (oldest first)
-        self._unread: deque[LiveRecord] = deque()
-        self._events = 0
-        self._bytes = 0
-        self._pieces = 0
-        self._read_events = 0
-        self._read_bytes = 0
-        self._read_pieces = 0
-        self._dirty_lo = self._file_size
-        self._dirty_hi = 0
-        self._header_dirty = False
-        self._flushes = 0
+        self._index = RunIndex()
         self._corrupt = 0
         self._corrupt_events = 0
         self._corrupt_bytes = 0
@@ -224,15 +174,10 @@ class SpillRing:
         self._header_lost = False
         self._recovered_records = 0
         self._recovered_events = 0
-        self._closed = False
-        # Sparse rings (a shared budget): the file's descriptor, the budget, and
-        # the allocated window [win_a, win_a + win_len) of the data region around
-        # the circle (page-aligned). Invariant: the window covers every live
-        # run and skip item; nothing outside it is allocated.
-        self._fd: int | None = None
-        self._budget: RingBudget | None = None
-        self._win_a = 0
-        self._win_len = 0
+        # Sparse rings (a shared budget): the allocated window of the data region
+        # and the file's descriptor (window.py). Invariant: the window covers
+        # every live run and skip item; nothing outside it is allocated.
+        self._window: SparseWindow | None = None
 
     # ------------------------------------------------------------- opening
 
@@ -267,9 +212,9 @@ class SpillRing:
             ring.flush()
             fsync_dir(path)
         else:
-            ring._adopt(recover(ring._mv, class_index, seeds))
-        if not (ring._read or ring._unread):
-            if ring._file_size != requested:
+            ring._adopt(recover(ring._map.mv, class_index, seeds))
+        if ring._index.empty:
+            if ring._map.file_size != requested:
                 ring._resize(requested)
             elif ring._prepared < ring._data_size:
                 ring._zero_fill()
@@ -317,128 +262,34 @@ class SpillRing:
             os.close(fd)
             raise
         ring = cls(path, class_index, mm, file_size, seeds)
-        ring._fd = fd
-        ring._budget = budget
+        ring._window = SparseWindow(fd, ring._data_size, budget)
         ring._prepared = ring._data_size  # allocation zero-fills as it goes
         if fresh:
             ring._format(INITIAL_SEQ)
             ring.flush()
             fsync_dir(path)
         else:
-            ring._adopt(recover(ring._mv, class_index, seeds))
-        ring._adopt_window()
+            ring._adopt(recover(ring._map.mv, class_index, seeds))
+        last = ring._index.last()
+        end = last.pos + last.bytes_held if last is not None else None
+        ring._window.adopt(ring._head_pos, end)
         return ring
-
-    def _adopt_window(self) -> None:
-        """The window the live runs need; everything else of the region punched."""
-        size = self._data_size
-        records = list(self._read) + list(self._unread)
-        if not records:
-            self._win_a = self._win_len = 0
-        else:
-            last = records[-1]
-            end = last.pos + last.bytes_held
-            self._win_a = self._head_pos - self._head_pos % _PAGE
-            end = min(size, -(-end // _PAGE) * _PAGE)
-            self._win_len = (end - self._win_a - 1) % size + 1
-        assert self._budget is not None
-        self._budget.take(self._win_len, force=True)
-        self._punch(self._win_a + self._win_len, size - self._win_len)
-
-    def _window_segments(self, start: int, length: int) -> list[tuple[int, int]]:
-        """[start, start + length) around the circle as (offset, length) in the file."""
-        size = self._data_size
-        start %= size
-        first = min(length, size - start)
-        segs = [(DATA_OFFSET + start, first)]
-        if length > first:
-            segs.append((DATA_OFFSET, length - first))
-        return segs
-
-    def _punch(self, start: int, length: int) -> None:
-        assert self._fd is not None
-        for off, n in self._window_segments(start, length):
-            punch(self._fd, off, n)
-
-    def _cover_back(self, end: int) -> bool:
-        """Grow the window forward until it reaches region position `end` (in
-        (0, size]). False: the budget or the disk has no room (nothing changed)."""
-        if self._budget is None:
-            return True
-        size = self._data_size
-        if self._win_len == 0:
-            self._win_a = 0
-        reach = (end - self._win_a - 1) % size + 1
-        if reach <= self._win_len:
-            return True
-        reach = min(size, -(-reach // _PAGE) * _PAGE)
-        want = min(size, -(-reach // ALLOC_STEP) * ALLOC_STEP)
-        start = self._win_a + self._win_len
-        if want > reach and self._grow(start, want - self._win_len, back=True):
-            return True
-        return self._grow(start, reach - self._win_len, back=True)
-
-    def _cover_front(self, start: int) -> bool:
-        """Grow the window backward until it starts at or below region position
-        `start`. False: no room (nothing changed)."""
-        if self._budget is None:
-            return True
-        size = self._data_size
-        start -= start % _PAGE
-        if (start - self._win_a) % size < self._win_len:
-            return True
-        extra = (self._win_a - start) % size
-        return self._grow(start, extra, back=False)
-
-    def _grow(self, start: int, length: int, *, back: bool) -> bool:
-        assert self._budget is not None and self._fd is not None
-        if length <= 0:
-            return True
-        if self._win_len + length > self._data_size or not self._budget.take(length):
-            return False
-        done: list[tuple[int, int]] = []
-        for off, n in self._window_segments(start, length):
-            if not allocate(self._fd, off, n):
-                for o, m in done:
-                    punch(self._fd, o, m)
-                self._budget.give(length)
-                return False
-            done.append((off, n))
-        if not back:
-            self._win_a = start % self._data_size
-        self._win_len += length
-        return True
-
-    def _release_window(self) -> None:
-        """The head moved forward (or the ring emptied): punch what it passed."""
-        if self._budget is None:
-            return
-        if not (self._read or self._unread):
-            self._punch(self._win_a, self._win_len)
-            self._budget.give(self._win_len)
-            self._win_a = self._win_len = 0
-            return
-        size = self._data_size
-        new_a = self._head_pos - self._head_pos % _PAGE
-        moved = (new_a - self._win_a) % size
-        if 0 < moved < self._win_len:
-            self._punch(self._win_a, moved)
-            self._budget.give(moved)
-            self._win_a = new_a
-            self._win_len -= moved
 
     @property
     def allocated_bytes(self) -> int:
         """Data bytes allocated for this ring (its window; all of it when not sparse)."""
-        return self._win_len if self._budget is not None else self._data_size
+        return self._window.allocated if self._window is not None else self._data_size
+
+    def _release_window(self) -> None:
+        """The head moved forward (or the ring emptied): punch what it passed."""
+        if self._window is not None:
+            self._window.release(self._head_pos, empty=self._index.empty)
 
     def _adopt(self, found: Recovery) -> None:
         """Take what recovery found as the index, and rewrite both header slots
         (which heals a torn slot at once)."""
-        self._unread.extend(found.records)
-        self._events = self._recovered_events = found.events
-        self._bytes = found.bytes
-        self._pieces = sum(r.pieces for r in found.records)
+        self._index.adopt(found.records)
+        self._recovered_events = found.events
         self._recovered_records = len(found.records)
         self._tail_pos, self._tail_seq = found.tail_pos, found.tail_seq
         self._set_head()
@@ -464,16 +315,11 @@ class SpillRing:
         """Re-create an empty ring at `size` bytes; seqs and generations carry on so
         nothing left in the old bytes can be taken for a new record."""
         seq, gen = self._tail_seq, self._gen
-        self._unmap()
-        mm = map_file(self.path, size, sync=True, shrink=True)
-        self._mm = mm
-        self._mv = memoryview(mm)
-        self._file_size = size
+        self._map.close()
+        self._map.reopen(map_file(self.path, size, sync=True, shrink=True), size)
         self._data_size = data_size_for(size)
         self._max_span = max_span_for(self._data_size)
-        self._dirty_lo, self._dirty_hi = size, 0
         self._gen = gen
-        self._closed = False
         self._prepared = 0
         self._format(seq)
         self._zero_fill()
@@ -540,169 +386,93 @@ class SpillRing:
         through): it goes to the read-but-unreleased side at once, released like a
         record read back. Only while nothing is unread (it must stay behind every
         read record and ahead of every unread one)."""
-        if read and self._unread:
+        if read and self._index.unread:
             raise RuntimeError(f"write-through push on {self.path} with records unread")
-        views, lengths, count, span = self._check_run(pieces)
-        empty = not (self._read or self._unread)
+        run = prepare_run(self.path, pieces, self._max_span)
+        span = run.span
+        empty = self._index.empty
         place = place_back(self._data_size, self._head_pos, self._tail_pos, span, empty=empty)
         if place is None:
             return False
-        head = self._head_pos
-        sparse_wrap = self._budget is not None and not empty and place.pos < head
-        if sparse_wrap and place.pos + span > head - head % _PAGE:
-            return False  # a sparse ring's tail never enters the head's page
-        if empty and self._budget is not None and self._win_len:
-            self._release_window()  # an empty ring starts over at 0
-        if not self._cover_back(place.pos + span):
+        window = self._window
+        if window is not None and not window.room_back(place, span, self._head_pos, empty=empty):
             return False
         seq = self._tail_seq
         floor = seq if empty else self._head_seq
         pos = place.pos
-        self._write_run(pos, views, lengths, pieces, seq, floor)
+        self._write_run(pos, run, seq, floor)
         if place.skip_at >= 0:  # the wrap marker, after the run
             self._write_skip(place.skip_at, place.skip_length, seq)
         n = len(pieces)
-        entry = LiveRecord(pos, seq, count, sum(lengths), n, span)
+        entry = LiveRecord(pos, seq, run.count, run.length, n, span)
         self._tail_pos = normalize(self._data_size, pos + span)
         self._tail_seq = seq + n
-        if read:
-            self._read.append(entry)
-            self._read_events += count
-            self._read_bytes += entry.length
-            self._read_pieces += n
-        else:
-            self._unread.append(entry)
-        self._events += count
-        self._bytes += entry.length
-        self._pieces += n
-        if len(self._read) + len(self._unread) == 1:
+        self._index.append(entry, read=read)
+        if self._index.records == 1:
             self._head_pos, self._head_seq = pos, seq
         self._write_header()
         return True
 
     def push_front_run(self, pieces: Sequence[Piece]) -> bool:
         """`push_front` of one run: it becomes the oldest. False: no room now."""
-        if self._read:
+        if self._index.read:
             raise RuntimeError(f"push_front on {self.path} with records read but unreleased")
-        if not self._unread:
+        if not self._index.unread:
             return self.push_back_run(pieces)
-        views, lengths, count, span = self._check_run(pieces)
+        run = prepare_run(self.path, pieces, self._max_span)
+        span = run.span
         place = place_front(self._data_size, self._head_pos, self._tail_pos, span)
         if place is None:
             return False
-        tail = self._tail_pos
-        if self._budget is not None and place.pos >= tail and place.pos < -(-tail // _PAGE) * _PAGE:
-            return False  # nor the head the tail's
-        if not self._cover_front(place.skip_at if place.skip_at >= 0 else place.pos):
-            return False
-        if place.skip_at >= 0 and not self._cover_front(place.pos):
+        if self._window is not None and not self._window.room_front(place, self._tail_pos):
             return False
         n = len(pieces)
         seq = self._head_seq - n
         pos = place.pos
-        self._write_run(pos, views, lengths, pieces, seq, seq)
+        self._write_run(pos, run, seq, seq)
         if place.skip_at >= 0:  # the hole [0, old head) in front of the new run
             self._write_skip(place.skip_at, place.skip_length, self._head_seq)
-        entry = LiveRecord(pos, seq, count, sum(lengths), n, span)
-        self._unread.appendleft(entry)
-        self._events += count
-        self._bytes += entry.length
-        self._pieces += n
+        entry = LiveRecord(pos, seq, run.count, run.length, n, span)
+        self._index.prepend(entry)
         self._head_pos, self._head_seq = pos, seq
         self._write_header()
         return True
 
-    def _check_run(
-        self, pieces: Sequence[Piece]
-    ) -> tuple[list[list[memoryview]], list[int], int, int]:
-        if not pieces or len(pieces) > MAX_RUN_PIECES:
-            raise ValueError(f"spill ring {self.path}: a run needs 1..{MAX_RUN_PIECES} pieces")
-        views: list[list[memoryview]] = []
-        lengths: list[int] = []
-        count = span = 0
-        for parts, n in pieces:
-            vs = [_as_bytes_view(p) for p in parts]
-            length = sum(v.nbytes for v in vs)
-            if length <= 0 or n <= 0:
-                raise ValueError(f"spill ring {self.path}: a record needs bytes and events")
-            if n > MAX_RECORD_EVENTS:
-                raise ValueError(
-                    f"spill ring {self.path}: record of {n} events exceeds the most a "
-                    f"record can count ({MAX_RECORD_EVENTS})"
-                )
-            views.append(vs)
-            lengths.append(length)
-            count += n
-            span += record_span(length)
-        if span > self._max_span:
-            raise ValueError(
-                f"spill ring {self.path}: record of {sum(lengths)} bytes exceeds the ring's "
-                f"largest ({self.max_payload_bytes})"
-            )
-        return views, lengths, count, span
-
-    def _write_run(
-        self,
-        pos: int,
-        views: list[list[memoryview]],
-        lengths: list[int],
-        pieces: Sequence[Piece],
-        seq: int,
-        floor: int,
-    ) -> None:
-        """Every piece, each header then payload then its crc (written last, so a
-        piece cut short by a crash fails it); the pages are dropped once written."""
-        mv = self._mv
-        seeds = self.seeds
-        stamp = self._gen + 1
-        off = start = DATA_OFFSET + pos
-        last = len(pieces) - 1
-        for i, (vs, length) in enumerate(zip(views, lengths, strict=True)):
-            pack_record_header(
-                mv,
-                off,
-                seq=seq + i,
-                floor=floor,
-                stamp=stamp,
-                length=length,
-                count=pieces[i][1],
-                class_index=self.class_index,
-                kind=KIND_BATCH,
-                more=last - i,
-                seeds=seeds,
-            )
-            at = off + REC_HDR
-            for v in vs:
-                mv[at : at + v.nbytes] = v
-                at += v.nbytes
-            seal_record(mv, off, length, seeds)
-            off += record_span(length)
-        self._mark_dirty(start, off)
-        self._unmap_pages(start, off)
+    def _write_run(self, pos: int, run: PreparedRun, seq: int, floor: int) -> None:
+        """The run's pieces at `pos` (runs.write_run); the pages are dropped once written."""
+        start = DATA_OFFSET + pos
+        end = write_run(
+            self._map.mv,
+            start,
+            run,
+            seq=seq,
+            floor=floor,
+            stamp=self._gen + 1,
+            class_index=self.class_index,
+            seeds=self.seeds,
+        )
+        self._map.mark_dirty(start, end)
+        self._map.drop_pages(start, end)
 
     def _write_skip(self, pos: int, skip: int, seq: int) -> None:
         off = DATA_OFFSET + pos
-        pack_record_header(
-            self._mv,
+        write_skip(
+            self._map.mv,
             off,
+            skip=skip,
             seq=seq,
-            floor=seq,
             stamp=self._gen + 1,
-            length=skip,
-            count=0,
             class_index=self.class_index,
-            kind=KIND_SKIP,
             seeds=self.seeds,
         )
-        seal_record(self._mv, off, 0, self.seeds)
-        self._mark_dirty(off, off + REC_HDR)
+        self._map.mark_dirty(off, off + REC_HDR)
 
     def _write_header(self) -> None:
         self._gen += 1
         state = SlotState(
             class_index=self.class_index,
             generation=self._gen,
-            file_size=self._file_size,
+            file_size=self._map.file_size,
             data_offset=DATA_OFFSET,
             data_size=self._data_size,
             head_pos=self._head_pos,
@@ -712,15 +482,11 @@ class SpillRing:
             prepared=self._prepared,
         )
         off = (self._gen & 1) * SLOT_BYTES
-        self._mm[off : off + SLOT_ENCODED_BYTES] = encode_slot(state, self.seeds)
-        self._header_dirty = True
-
-    def _mark_dirty(self, lo: int, hi: int) -> None:
-        self._dirty_lo = min(self._dirty_lo, lo)
-        self._dirty_hi = max(self._dirty_hi, hi)
+        self._map.mm[off : off + SLOT_ENCODED_BYTES] = encode_slot(state, self.seeds)
+        self._map.mark_header()
 
     def _set_head(self) -> None:
-        first = self._read[0] if self._read else (self._unread[0] if self._unread else None)
+        first = self._index.first()
         if first is None:
             self._head_pos, self._head_seq = self._tail_pos, self._tail_seq
         else:
@@ -740,40 +506,17 @@ class SpillRing:
         entry = self._advance_cursor()
         if entry is None:
             return None
-        out: list[tuple[int, bytes]] = []
-        data = self._mv[DATA_OFFSET : DATA_OFFSET + self._data_size]
+        data = self._map.mv[DATA_OFFSET : DATA_OFFSET + self._data_size]
         try:
-            pos, seq, end = entry.pos, entry.seq, entry.pos + entry.bytes_held
-            while seq < entry.end_seq and pos < end:
-                hdr = decode_record_header(data, pos, self.class_index, self.seeds)
-                if (
-                    hdr is not None
-                    and hdr.seq == seq
-                    and hdr.kind == KIND_BATCH
-                    and pos + record_span(hdr.length) <= end
-                    and record_crc_ok(data, pos, hdr, self.seeds)
-                ):
-                    at = DATA_OFFSET + pos + REC_HDR
-                    out.append((hdr.count, self._mm[at : at + hdr.length]))
-                    pos += record_span(hdr.length)
-                    seq += 1
-                    continue
-                if hdr is not None and hdr.seq == seq and hdr.kind == KIND_BATCH:
-                    self._corrupt_events += hdr.count
-                budget = _Budget(entry.bytes_held)
-                hit = find_valid(
-                    data, self.class_index, pos, end - pos, seq - 1, budget, self.seeds
-                )
-                if hit is None or hit[1].seq >= entry.end_seq:
-                    self._corrupt += entry.end_seq - seq
-                    self._corrupt_bytes += end - pos
-                    break
-                self._corrupt += hit[1].seq - seq
-                self._corrupt_bytes += hit[0] - pos
-                pos, seq = hit[0], hit[1].seq
+            found = read_run(data, entry, self.class_index, self.seeds)
         finally:
             data.release()
-        self._unmap_pages(DATA_OFFSET + entry.pos, DATA_OFFSET + entry.pos + entry.bytes_held)
+        self._corrupt += found.corrupt
+        self._corrupt_events += found.corrupt_events
+        self._corrupt_bytes += found.corrupt_bytes
+        at = DATA_OFFSET
+        out = [(n, self._map.mm[at + pos : at + pos + length]) for n, pos, length in found.pieces]
+        self._map.drop_pages(DATA_OFFSET + entry.pos, DATA_OFFSET + entry.pos + entry.bytes_held)
         return out
 
     def read_next_split(self, prefix_per_event: int) -> tuple[bytes, bytes, int, int] | None:
@@ -781,7 +524,7 @@ class SpillRing:
         `prefix_per_event` bytes per event: (prefix, rest, count, seq). For runs of
         one piece, as version 1's records were; `read_next_run` is the general
         read. None when every run is read."""
-        seq = self._unread[0].seq if self._unread else 0
+        seq = self._index.unread[0].seq if self._index.unread else 0
         pieces = self.read_next_run()
         if pieces is None:
             return None
@@ -790,42 +533,16 @@ class SpillRing:
         cut = min(prefix_per_event * count, len(payload))
         return payload[:cut], payload[cut:], count, seq
 
-    def _unmap_pages(self, lo: int, hi: int) -> None:
-        """Drop the pages of [lo, hi) from this process's page tables.
-
-        Spill pages touched through a MAP_SHARED mapping count in the agent's
-        RSS (RssFile) until unmapped: a brownout with a 64 MiB budget measured
-        139 MiB peak and still 94 MiB 30 s after the spill drained. For a shared
-        file mapping MADV_DONTNEED keeps the data: dirty pages go to the page
-        cache (written back as usual, and msync(MS_SYNC) still syncs the file
-        range), and a later access faults them back in from there (madvise(2)).
-        """
-        start = lo - lo % mmap.PAGESIZE
-        end = min(self._file_size, -(-hi // mmap.PAGESIZE) * mmap.PAGESIZE)
-        if end > start:
-            self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
-
     def _advance_cursor(self) -> LiveRecord | None:
-        if self._closed:
+        if self._map.closed:
             raise ValueError(f"spill ring {self.path} is closed")
-        if not self._unread:
-            return None
-        entry = self._unread.popleft()
-        self._read.append(entry)
-        self._read_events += entry.count
-        self._read_bytes += entry.length
-        self._read_pieces += entry.pieces
-        return entry
+        return self._index.advance()
 
     def release_read(self) -> None:
         """Free the oldest read-but-unreleased run; the durable head moves past it."""
-        if not self._read:
+        if not self._index.read:
             raise RuntimeError(f"release_read on {self.path} with nothing read")
-        entry = self._read.popleft()
-        self._read_events -= entry.count
-        self._read_bytes -= entry.length
-        self._read_pieces -= entry.pieces
-        self._forget(entry)
+        self._index.release()
         self._set_head()
         self._write_header()
         self._release_window()
@@ -833,124 +550,79 @@ class SpillRing:
     @property
     def read_runs(self) -> int:
         """Runs read (or written through) and not yet released."""
-        return len(self._read)
+        return len(self._index.read)
 
     def unread_all(self) -> int:
         """Every read-but-unreleased run becomes unread again, in order, ahead of
         the unread ones: the caller dropped its memory copies (they come back
         through the drain). Nothing on disk changes. Returns the events moved."""
-        moved = self._read_events
-        self._unread.extendleft(reversed(self._read))
-        self._read.clear()
-        self._read_events = self._read_bytes = self._read_pieces = 0
-        return moved
+        return self._index.unread_all()
 
     def drop_front(self) -> int:
         """Evict the oldest run (memory and disk full); its event count, 0 if empty."""
-        if self._read:
+        if self._index.read:
             raise RuntimeError(f"drop_front on {self.path} with records read but unreleased")
-        if not self._unread:
+        if not self._index.unread:
             return 0
-        entry = self._unread.popleft()
-        self._forget(entry)
+        entry = self._index.drop_front()
         self._set_head()
         self._write_header()
         self._release_window()
         return entry.count
-
-    def _forget(self, entry: LiveRecord) -> None:
-        self._events -= entry.count
-        self._bytes -= entry.length
-        self._pieces -= entry.pieces
 
     # ------------------------------------------------------------- the rest
 
     @property
     def unread_events(self) -> int:
         """Events on disk not yet read (O(1): the loop asks every turn)."""
-        return self._events - self._read_events
+        return self._index.events - self._index.read_events
 
     @property
     def unread_bytes(self) -> int:
-        return self._bytes - self._read_bytes
+        return self._index.bytes - self._index.read_bytes
 
     @property
     def flushes(self) -> int:
         """msync calls that had something to write, since open."""
-        return self._flushes
+        return self._map.flushes
 
     def _used(self) -> int:
-        empty = not (self._read or self._unread)
-        return used_bytes(self._data_size, self._head_pos, self._tail_pos, empty=empty)
+        return used_bytes(self._data_size, self._head_pos, self._tail_pos, empty=self._index.empty)
 
     @property
     def dirty_bytes(self) -> int:
         """Bytes of the data region written since they were last synced (a span:
         it may include clean pages between two dirty ones)."""
-        return max(0, self._dirty_hi - self._dirty_lo)
+        return self._map.dirty_bytes
 
     def flush(self, max_bytes: int | None = None) -> bool:
         """msync what changed since the last flush: data first, then the header.
-
-        msync blocks the calling thread until the disk has the bytes: measured
-        here 3-5 ms for 4-8 MiB dirty, 7-12 ms for 16 MiB, 21-47 ms for 32-64 MiB
-        (FACTS: ~10 ms for 16 MB). With `max_bytes` one call syncs at most that
-        much of the data region, so the loop can bound the pause and call again
-        next turn; the header is synced once the data is. Returns True when
-        nothing is left unsynced. (The kernel may write the header page back
-        earlier on its own; the walk at open does not rely on any order.)"""
-        if self._closed:
-            return True
-        did = False
-        try:
-            if self._dirty_hi > self._dirty_lo:
-                lo = self._dirty_lo - self._dirty_lo % mmap.PAGESIZE
-                hi = self._dirty_hi
-                if max_bytes is not None:
-                    hi = min(hi, lo + max(mmap.PAGESIZE, max_bytes))
-                self._mm.flush(lo, hi - lo)
-                did = True
-                if hi >= self._dirty_hi:
-                    self._dirty_lo, self._dirty_hi = self._file_size, 0
-                else:
-                    self._dirty_lo = hi
-            if self._dirty_hi <= self._dirty_lo and self._header_dirty:
-                self._mm.flush(0, DATA_OFFSET)
-                self._header_dirty = False
-                did = True
-        except OSError as exc:
-            raise SpillError(f"spill ring {self.path}: msync failed: {exc.strerror}") from exc
-        if did:
-            self._flushes += 1
-        return self._dirty_hi <= self._dirty_lo and not self._header_dirty
+        `max_bytes` bounds the data synced per call (msync blocks: 3-47 ms for
+        4-64 MiB measured; see mapping.py). Returns True when nothing is left
+        unsynced."""
+        return self._map.flush(max_bytes)
 
     def close(self) -> None:
         """Flush and unmap. Idempotent."""
-        if self._closed:
+        if self._map.closed:
             return
         try:
             self.flush()
         finally:
-            self._unmap()
-
-    def _unmap(self) -> None:
-        self._closed = True
-        self._mv.release()
-        self._mm.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            self._map.close()
+            if self._window is not None:
+                self._window.close()
 
     def statistics(self) -> RingStats:
-        records = len(self._read) + len(self._unread)
+        index = self._index
         return RingStats(
-            records=records,
-            events=self._events,
-            bytes=self._bytes,
-            unread_records=len(self._unread),
-            unread_events=self._events - self._read_events,
-            unread_bytes=self._bytes - self._read_bytes,
-            file_bytes=self._file_size,
+            records=index.records,
+            events=index.events,
+            bytes=index.bytes,
+            unread_records=len(index.unread),
+            unread_events=index.events - index.read_events,
+            unread_bytes=index.bytes - index.read_bytes,
+            file_bytes=self._map.file_size,
             data_bytes=self._data_size,
             free_bytes=self._data_size - self._used(),
             corrupt_records=self._corrupt,
@@ -958,9 +630,9 @@ class SpillRing:
             header_lost=self._header_lost,
             recovered_records=self._recovered_records,
             recovered_events=self._recovered_events,
-            flushes=self._flushes,
-            pieces=self._pieces,
-            unread_pieces=self._pieces - self._read_pieces,
+            flushes=self._map.flushes,
+            pieces=index.pieces,
+            unread_pieces=index.pieces - index.read_pieces,
             corrupt_events=self._corrupt_events,
             corrupt_bytes=self._corrupt_bytes,
             damage=self._damage,
