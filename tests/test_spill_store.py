@@ -17,7 +17,8 @@ import pytest
 
 from agent.spill import SpillError, SpillStore, ring_sizes
 from agent.spill.format import DATA_OFFSET
-from agent.spill.store import LOCK_NAME, MIN_RING_BYTES, ring_file_name
+from agent.spill.spilldir import LOCK_NAME
+from agent.spill.store import MIN_RING_BYTES, ring_file_name
 
 MiB = 1024 * 1024
 REPO = str(Path(__file__).resolve().parents[1])

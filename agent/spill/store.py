@@ -1,11 +1,11 @@
 """The spill rings of all four event classes under one directory.
 
-This module owns the spill directory: creating it (mode 0700), checking it
-(owned by the agent's user, not writable by group or others), the exclusive lock
-on it, the installation's checksum secret (file `seed`), the conversion of
-version-1 ring files, the one spill budget (`SpillBudget`: `[spill] max_bytes`
-shared by the classes), the check that the disk can hold that much before
-anything is allocated, and the batch payload encoding.
+This module owns the store the loop uses: the four class rings opened together
+under the spill directory, the one spill budget (`SpillBudget`: `[spill]
+max_bytes` shared by the classes), and the counts per class. What must be true
+of the directory before anything is read from it (mode, owner, lock, seed,
+free space, the epoch file) is spilldir.py's; the conversion of version-1 ring
+files convert.py's; the batch payload encoding payload.py's.
 
 One spill budget (issue 11), the layout chosen: still one ring file per class
 (so priority, FIFO per class, drain order, recovery and the damage rule are the
@@ -27,37 +27,10 @@ its front without moving its data). One ring is `ring.py`'s (`SpillRing`); its o
 format `format.py`'s, its recovery `recover.py`'s, its file mechanics
 `ringfile.py`'s.
 
-Batch payload (one in-memory chunk = one run of pieces, format.py)::
-
-    each piece: base  u32: the run offset where the piece's first event starts
-                ends  count x u32 little-endian: cumulative end offset of each
-                      event, relative to the run's start
-                blob  the events' bytes, back to back, exactly as received
-
-An intact run reads back as the chunk's own ends array and blob (no rebasing);
-a run that lost pieces to damage is rebased piece by piece from `base`.
-
-The spill dir as possibly hostile (issue 13): it must be a directory owned by
-the agent's user and not writable by group or others, or the open fails naming
-it and what is wrong (created 0700 when missing). Every file in it is opened
-without following symlinks and must be a regular file; `epoch.tmp` is created
-exclusively. Checksums are seeded from a random secret created exclusively (0600)
-in the dir at the first start: records planted by someone who cannot read it
-fail their checksums.
-
-Version 1 ring files (fixed seeds, one record per chunk) are converted at the
-open, never discarded: the old file is renamed `<ring>.v1`, a new ring is
-created, every record found in the old one is written into it as a run, then
-the old file is deleted. A conversion cut short (crash, full disk) starts over
-from the `.v1` file at the next open.
-
 Promises:
 - One agent per directory: a second `SpillStore.open` on a locked directory
-  fails at once with SpillError naming the directory and the holder's pid.
-  flock (not fcntl record locks) because it conflicts between two opens in the
-  same process too and is not dropped when some other fd of the file is closed.
-  The lock also keeps another agent from truncating our mapped files (FACTS:
-  truncation of a mapped file is the second SIGBUS source).
+  fails at once with SpillError naming the directory and the holder's pid
+  (the lock is spilldir.py's).
 - Priority survives the spill: each class has its own ring, so a drain can take
   critical data first and eviction can take the lowest class first (NiFi lost
   priority order across swap, FACTS).
@@ -73,36 +46,27 @@ Promises:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
-import fcntl
 import logging
 import mmap
 import os
-import stat
-import sys
 import weakref
 from array import array
 from collections.abc import Sequence
 
 from agent.classes import CLASS_NAMES
-from agent.spill.format import (
-    DATA_OFFSET,
-    FIXED_SEEDS,
-    FORMAT_V1,
-    PIECE_PREFIX,
-    REC_HDR,
-    SECRET_BYTES,
-    Buffer,
-    Seeds,
-    choose_slot,
-    piece_bounds,
-    seeds_from_secret,
+from agent.spill.convert import open_ring
+from agent.spill.format import DATA_OFFSET, PIECE_PREFIX, REC_HDR, Buffer
+from agent.spill.payload import ENDS_ITEM, decode_run, encode_run
+from agent.spill.ring import RingStats, SpillRing
+from agent.spill.ringfile import open_private
+from agent.spill.spilldir import (
+    check_private_dir,
+    check_space,
+    load_seeds,
+    lock_dir,
+    make_private_dir,
 )
-from agent.spill.recover import recover
-from agent.spill.ring import Piece, RingStats, SpillError, SpillRing
-from agent.spill.ringfile import fsync_dir, open_private, read_head
 
 log = logging.getLogger("agent.spill")
 
@@ -115,11 +79,6 @@ _SHARE_UNIT = sum(RING_SHARES)
 # that is a configuration mistake, not a ring.
 MIN_RING_BYTES = DATA_OFFSET + 64 * 1024
 _PAGE = mmap.PAGESIZE
-_ENDS_ITEM = 4  # bytes per event in the ends array (u32)
-_LITTLE = sys.byteorder == "little"
-LOCK_NAME = "LOCK"
-SEED_NAME = "seed"
-V1_SUFFIX = ".v1"
 
 
 def ring_file_name(class_index: int) -> str:
@@ -337,19 +296,19 @@ class SpillStore:
         Recovering a full 512 MiB ring takes ~0.2-0.6 s (bench/bench_spill.py)."""
         ring_sizes(max_bytes)  # the smallest max_bytes that works: ValueError below it
         circle = (max_bytes - DATA_OFFSET) // _PAGE * _PAGE + DATA_OFFSET
-        _make_private_dir(dir)
+        make_private_dir(dir)
         check_private_dir(dir)
-        lock_fd = _lock_dir(dir)
+        lock_fd = lock_dir(dir)
         rings: list[SpillRing] = []
         converted: list[int] = []
         budget: SpillBudget | None = None
         try:
             paths = [os.path.join(dir, ring_file_name(c)) for c in range(len(CLASS_NAMES))]
-            _check_space(dir, [*paths, os.path.join(dir, POOL_NAME)], max_bytes)
-            seeds = _load_seeds(dir, paths)
+            check_space(dir, [*paths, os.path.join(dir, POOL_NAME)], max_bytes)
+            seeds = load_seeds(dir, paths)
             budget = SpillBudget(dir, max_bytes, len(paths))
             for c, path in enumerate(paths):
-                ring, moved = _open_ring(path, circle, c, seeds, budget)
+                ring, moved = open_ring(path, circle, c, seeds, budget.for_class(c))
                 rings.append(ring)
                 converted.append(moved)
                 _log_damage(ring)
@@ -374,7 +333,7 @@ class SpillStore:
 
     def push_back(self, cls: int, blob: Buffer, ends: Sequence[int]) -> bool:
         """Spill a batch behind everything the class has on disk. False: no room."""
-        pieces, count = _encode(blob, ends)
+        pieces, count = encode_run(blob, ends)
         if not self._rings[cls].push_back_run(pieces):
             return False
         self._spilled[cls] += count
@@ -383,7 +342,7 @@ class SpillStore:
     def push_front(self, cls: int, blob: Buffer, ends: Sequence[int]) -> bool:
         """Spill a batch ahead of everything the class has on disk (SIGTERM, newest
         first). Only while nothing of the class is read but unreleased. False: no room."""
-        pieces, count = _encode(blob, ends)
+        pieces, count = encode_run(blob, ends)
         if not self._rings[cls].push_front_run(pieces):
             return False
         self._spilled[cls] += count
@@ -394,7 +353,7 @@ class SpillStore:
         as a run read but not released, released like one read back
         (`release_read`, oldest first) once all of it was delivered. Only while
         nothing of the class is unread. False: no room (nothing written)."""
-        pieces, count = _encode(blob, ends)
+        pieces, count = encode_run(blob, ends)
         if not self._rings[cls].push_back_run(pieces, read=True):
             return False
         self._written_through[cls] += count
@@ -409,7 +368,7 @@ class SpillStore:
         pieces = self._rings[cls].read_next_run()
         if pieces is None:
             return None
-        blob, ends = _decode(pieces)
+        blob, ends = decode_run(pieces)
         self._recovered[cls] += len(ends)
         return SpilledBatch(blob, ends, len(ends))
 
@@ -451,7 +410,7 @@ class SpillStore:
         """At most the ring bytes a batch of `events` events, `nbytes` bytes, takes:
         its ends array and, per piece (pieces at least half full), a header,
         prefix and padding."""
-        payload = nbytes + _ENDS_ITEM * events
+        payload = nbytes + ENDS_ITEM * events
         pieces = payload // 2048 + 1
         return payload + pieces * (REC_HDR + PIECE_PREFIX + 8)
 
@@ -548,10 +507,10 @@ def _class_stats(
         # Payload bytes minus the ends arrays and piece prefixes: the events' own bytes.
         pending_events=rs.unread_events,
         pending_bytes=rs.unread_bytes
-        - _ENDS_ITEM * rs.unread_events
+        - ENDS_ITEM * rs.unread_events
         - PIECE_PREFIX * rs.unread_pieces,
         unreleased_events=read_events,
-        unreleased_bytes=read_bytes - _ENDS_ITEM * read_events - PIECE_PREFIX * read_pieces,
+        unreleased_bytes=read_bytes - ENDS_ITEM * read_events - PIECE_PREFIX * read_pieces,
         spilled_events=spilled,
         recovered_events=recovered,
         dropped_events=dropped,
@@ -568,241 +527,6 @@ def _class_stats(
     )
 
 
-def _encode(blob: Buffer, ends: Sequence[int]) -> tuple[list[Piece], int]:
-    """The pieces of a batch's run (format.py): each (base, its ends, its events'
-    bytes), the ends and bytes as views of the caller's arrays where possible."""
-    count = len(ends)
-    if count == 0:
-        raise ValueError("a spilled batch needs at least one event")
-    view = memoryview(blob)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    used = ends[-1]
-    if used > view.nbytes or used <= 0:
-        raise ValueError(f"batch ends at {used} but its blob holds {view.nbytes} bytes")
-    if isinstance(ends, array) and ends.typecode == "I" and ends.itemsize == 4 and _LITTLE:
-        ends_view = memoryview(ends).cast("B")  # the chunk's own array: no copy
-    else:
-        packed = array("I", ends)
-        if packed.itemsize != _ENDS_ITEM:  # pragma: no cover - no such Linux ABI today
-            raise RuntimeError("array('I') is not 32-bit on this platform")
-        if not _LITTLE:
-            packed.byteswap()
-        ends_view = memoryview(packed).cast("B")
-    pieces: list[Piece] = []
-    a = 0
-    base = 0
-    for b in piece_bounds(ends):
-        end = ends[b - 1]
-        prefix = base.to_bytes(PIECE_PREFIX, "little")
-        parts = (prefix, ends_view[a * _ENDS_ITEM : b * _ENDS_ITEM], view[base:end])
-        pieces.append((parts, b - a))
-        a, base = b, end
-    return pieces, count
-
-
-def _decode(pieces: list[tuple[int, bytes]]) -> tuple[bytes, array[int]]:
-    """A run's sound pieces back as one blob and its ends (relative to the blob).
-    An intact run's ends are already relative to its start; after a piece lost
-    to damage (or a run that starts mid-way) the rest is shifted by the gap."""
-    ends = array("I")
-    parts: list[bytes] = []
-    size = 0
-    for count, payload in pieces:
-        base = int.from_bytes(payload[:PIECE_PREFIX], "little")
-        cut = PIECE_PREFIX + _ENDS_ITEM * count
-        mine = array("I")
-        mine.frombytes(payload[PIECE_PREFIX:cut])
-        if not _LITTLE:
-            mine.byteswap()
-        if base != size:
-            shift = size - base
-            mine = array("I", (e + shift for e in mine))
-        ends.extend(mine)
-        part = payload[cut:]
-        parts.append(part)
-        size += len(part)
-    return b"".join(parts), ends
-
-
-def _make_private_dir(dir: str) -> None:
-    """Create dir and any missing parents with mode 0700 (spilled events are private)."""
-    missing: list[str] = []
-    path = os.path.abspath(dir)
-    while not os.path.exists(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    try:
-        for path in reversed(missing):
-            try:
-                os.mkdir(path, 0o700)
-            except FileExistsError:
-                continue  # created meanwhile by someone else: theirs, leave its mode
-            os.chmod(path, 0o700)  # mkdir's mode goes through the umask; make it exact
-        if not os.path.isdir(dir):
-            raise SpillError(f"spill dir {dir} exists but is not a directory")
-    except OSError as exc:
-        raise SpillError(f"spill dir {dir}: cannot create: {exc.strerror}") from exc
-
-
-def check_private_dir(dir: str) -> None:
-    """SpillError naming `dir` and what is wrong unless it is a directory owned by
-    this process's user and not writable by group or others (issue 13: whoever
-    can write the dir could plant links or records, or truncate mapped files)."""
-    try:
-        st = os.stat(dir)
-    except OSError as exc:
-        raise SpillError(f"spill dir {dir}: cannot stat: {exc.strerror}") from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise SpillError(f"spill dir {dir} exists but is not a directory")
-    uid = os.geteuid()
-    if st.st_uid != uid:
-        raise SpillError(
-            f"spill dir {dir} is owned by uid {st.st_uid}, not by the agent's user "
-            f"(uid {uid}): refused (chown it to the agent's user)"
-        )
-    if st.st_mode & 0o022:
-        raise SpillError(
-            f"spill dir {dir} is writable by group or others (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}): refused (chmod 0700 it)"
-        )
-
-
-def _load_seeds(dir: str, ring_paths: Sequence[str]) -> Seeds:
-    """The installation's checksum seeds, from the secret in `dir`/seed, created
-    exclusively (0600) with 16 random bytes at the first start. A seed file that
-    is not exactly that is refused (naming it): the rings cannot be verified
-    without it, and a new secret would silently orphan every record."""
-    path = os.path.join(dir, SEED_NAME)
-    try:
-        fd = open_private(path, os.O_RDONLY, f"spill seed {path}: cannot open")
-    except SpillError:
-        if os.path.lexists(path):
-            raise
-        fd = -1
-    if fd >= 0:
-        try:
-            secret = os.pread(fd, SECRET_BYTES + 1, 0)
-        except OSError as exc:
-            raise SpillError(f"spill seed {path}: cannot read: {exc.strerror}") from exc
-        finally:
-            os.close(fd)
-        if len(secret) != SECRET_BYTES:
-            raise SpillError(
-                f"spill seed {path} holds {len(secret)} bytes, not {SECRET_BYTES}: refused "
-                "(restore it; without it the ring files cannot be verified)"
-            )
-        return seeds_from_secret(secret)
-    for ring in ring_paths:
-        with contextlib.suppress(OSError):
-            if os.lstat(ring).st_size and not os.path.lexists(ring + V1_SUFFIX):
-                on_disk, a, b = read_head(ring)
-                if choose_slot(a, b, None, FIXED_SEEDS, FORMAT_V1)[0] is None:
-                    log.warning(
-                        "spill seed %s was missing: a new one is created, and what %s "
-                        "holds cannot be verified with it (counted as corrupt)",
-                        path,
-                        ring,
-                    )
-    secret = os.urandom(SECRET_BYTES)
-    fd = open_private(
-        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f"spill seed {path}: cannot create"
-    )
-    try:
-        os.write(fd, secret)
-        os.fsync(fd)
-    except OSError as exc:
-        raise SpillError(f"spill seed {path}: cannot write: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
-    fsync_dir(path)
-    return seeds_from_secret(secret)
-
-
-def _open_ring(
-    path: str, size: int, cls: int, seeds: Seeds, budget: SpillBudget
-) -> tuple[SpillRing, int]:
-    """The class's ring, converted from version 1 first if that is what is found
-    (or a conversion was cut short). Returns (ring, events converted)."""
-    old = path + V1_SUFFIX
-
-    def sparse() -> SpillRing:
-        return SpillRing.open_sparse(path, size, cls, seeds, budget.for_class(cls))
-
-    if not os.path.lexists(old):
-        if not os.path.lexists(path):
-            return sparse(), 0
-        _on_disk, a, b = read_head(path)
-        if choose_slot(a, b, cls, FIXED_SEEDS, FORMAT_V1)[0] is None:
-            return sparse(), 0
-        os.replace(path, old)
-        fsync_dir(path)
-    elif os.path.lexists(path):
-        os.unlink(path)  # a conversion cut short: start it over from the old file
-    ring = sparse()
-    try:
-        moved, lost = _convert_v1(old, ring, cls)
-    except BaseException:
-        ring.close()
-        raise
-    ring.flush()
-    os.unlink(old)
-    fsync_dir(path)
-    if lost:
-        log.error(
-            "spill ring %s: converted from format version 1: %d events carried over, "
-            "%d LOST (the new ring is smaller)",
-            path,
-            moved,
-            lost,
-        )
-    else:
-        log.info("spill ring %s: converted from format version 1: %d events", path, moved)
-    return ring, moved
-
-
-def _convert_v1(old: str, ring: SpillRing, cls: int) -> tuple[int, int]:
-    """Every record of the version-1 file `old`, oldest first, pushed into `ring`.
-    Returns (events carried over, events that did not fit)."""
-    fd = open_private(old, os.O_RDONLY, f"spill ring {old}: cannot open")
-    try:
-        size = os.fstat(fd).st_size
-        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
-    except OSError as exc:
-        raise SpillError(f"spill ring {old}: cannot map: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
-    if mm is None:
-        return 0, 0
-    moved = lost = 0
-    try:
-        found = recover(mm, cls, FIXED_SEEDS, FORMAT_V1)
-        for rec in found.records:
-            at = DATA_OFFSET + rec.pos + REC_HDR
-            payload = mm[at : at + rec.length]
-            ends = array("I")
-            ends.frombytes(payload[: _ENDS_ITEM * rec.count])
-            if not _LITTLE:
-                ends.byteswap()
-            pieces, count = _encode(payload[_ENDS_ITEM * rec.count :], ends)
-            if ring.push_back_run(pieces):
-                moved += count
-            else:
-                lost += count
-        if found.corrupt_records:
-            log.warning(
-                "spill ring %s: %d damaged version-1 records skipped while converting",
-                old,
-                found.corrupt_records,
-            )
-    finally:
-        mm.close()
-    return moved, lost
-
-
 def _log_damage(ring: SpillRing) -> None:
     """Once per ring file at the open: what damage cost, and where it starts."""
     st = ring.statistics()
@@ -817,90 +541,3 @@ def _log_damage(ring: SpillRing) -> None:
         st.corrupt_bytes,
         where or "the end of the chain",
     )
-
-
-def _lock_dir(dir: str) -> int:
-    path = os.path.join(dir, LOCK_NAME)
-    fd = open_private(path, os.O_RDWR | os.O_CREAT, f"spill dir {dir}: cannot open {path}")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = "?"
-        with contextlib.suppress(OSError):  # the pid is only decoration on the message
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise SpillError(
-                f"spill dir {dir} is in use by another edge-agent (pid {holder})"
-            ) from exc
-        raise SpillError(f"spill dir {dir}: cannot lock {path}: {exc.strerror}") from exc
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    except OSError as exc:
-        os.close(fd)
-        raise SpillError(f"spill dir {dir}: cannot write {path}: {exc.strerror}") from exc
-    return fd
-
-
-def _check_space(dir: str, paths: list[str], max_bytes: int) -> None:
-    """Fail before allocating anything when the filesystem cannot hold the spill
-    budget (the rings' windows and the pool together).
-
-    Counts only what is not allocated yet (existing files keep their blocks)
-    and only the space an unprivileged user may take (f_bavail): the reserved
-    blocks stay for the system's own emergencies."""
-    allocated = 0
-    for path in paths:
-        try:
-            allocated += os.lstat(path).st_blocks * 512
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise SpillError(f"spill file {path}: cannot stat: {exc.strerror}") from exc
-    need = max(0, max_bytes - allocated)
-    try:
-        st = os.statvfs(dir)
-    except OSError as exc:
-        raise SpillError(f"spill dir {dir}: cannot statvfs: {exc.strerror}") from exc
-    available = st.f_bavail * st.f_frsize
-    if need > available:
-        raise SpillError(
-            f"spill dir {dir}: [spill] max_bytes {max_bytes} needs {need} more bytes "
-            f"preallocated but only {available} bytes are available on its filesystem"
-        )
-
-
-def next_epoch(spill_dir: str, now_ms: int) -> int:
-    """A new epoch, larger than every earlier one on this box.
-
-    Wall-clock milliseconds, but never below the last epoch + 1 recorded in the
-    spill dir (file `epoch`, replaced atomically after an fsync): a gateway
-    without an RTC can boot with its clock in 1970 and the head-end must still
-    see a new epoch.
-    """
-    path = os.path.join(spill_dir, "epoch")
-    last = 0
-    if os.path.lexists(path):
-        fd = open_private(path, os.O_RDONLY, f"spill dir {spill_dir}: cannot open {path}")
-        try:
-            with contextlib.suppress(ValueError):
-                last = int(os.read(fd, 64).decode("ascii", "replace").strip() or 0)
-        finally:
-            os.close(fd)
-    epoch = max(now_ms, last + 1)
-    tmp = path + ".tmp"
-    # Exclusively: a leftover (a crash between create and rename) or a planted
-    # link is removed first (unlink removes a link, never its target).
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = open_private(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f"spill dir {spill_dir}: cannot create {tmp}"
-    )
-    try:
-        os.write(fd, f"{epoch}\n".encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return epoch
