@@ -1,10 +1,13 @@
-"""Spill to disk: one preallocated mmap ring per event class under a locked directory.
+"""Spill to disk: one sparse mmap ring per event class, one shared budget, a locked directory.
 
 `store.SpillStore` is what the loop uses; `spilldir` owns the directory (what
 must be true of it before anything is read from it: mode, owner, lock, seed,
 free space, the epoch file); `convert` carries version-1 ring files over;
 `payload` encodes a batch as a run's pieces and back (pure); `ring.SpillRing` is
-one class's ring (its index, writes, reads, msync); `format` is what its bytes
+one class's ring (head, tail, placement, the order of push/read/release), with
+`window` (its allocated span in the shared budget), `runs` (one run's bytes,
+written and read back; pure), `index` (its records in order; pure) and
+`mapping` (the mmap, dirty span, msync); `format` is what its bytes
 mean (header slots, records, checksums, placement; pure); `recover` reads a
 found file back (pure, over its bytes); `ringfile` opens, preallocates and maps
 the file. See their module headers for the on-disk format and the durability

@@ -183,7 +183,7 @@ class SpillBudget:
 
 
 class _ClassBudget:
-    """One ring's view of the budget (ring.RingBudget)."""
+    """One ring's view of the budget (window.RingBudget)."""
 
     __slots__ = ("budget", "cls")
 
