@@ -2,9 +2,13 @@
 
 This module owns every rule about what an operator may write in the config file:
 the tables and keys, their types and bounds, how defaults combine with what is
-given, and the wording of the error that names the key at fault. settings.py
-owns only the shape and the defaults. Pure apart from `load_config`, which reads
-one file: no socket is opened, no name is resolved, no directory is created.
+given, and the wording of the error that names the key at fault. Three modules
+hold parts of it: agent/configtable.py the generic reading of a typed value out
+of a table (and `ConfigError`, re-exported here), agent/configendpoints.py the
+rules between endpoint keys, agent/sizing.py the room the buffer budget and the
+spill need for a frame. settings.py owns only the shape and the defaults.
+Pure apart from `load_config`, which reads one file: no socket is opened, no
+name is resolved, no directory is created.
 
 Promises:
 - A `Settings` returned here is valid: every value is within its bounds and the
@@ -28,7 +32,8 @@ Decisions an operator should know (the README quotes them):
   take `base_dir=`; without it a relative path is an error, so `Settings` paths
   are always absolute and never depend on the process's working directory.
 - Endpoints are `tcp://host:port` or `ipc:///absolute/path` (or `ipc://@name`);
-  their syntax and when two are the same place is agent/endpoints.py's.
+  their syntax and when two are the same place is agent/endpoints.py's, the
+  rules between endpoint keys (below) agent/configendpoints.py's.
 - `bind` defaults to the contract's port on loopback (tcp://127.0.0.1:5557,
   :5558) only when neither `bind` nor `connect` is given for that socket: a
   config that says only `connect = [...]` does not also open a port.
@@ -56,25 +61,22 @@ Decisions an operator should know (the README quotes them):
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import difflib
 import ipaddress
-import json
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 from agent.classes import CLASS_NAMES, CLASSES, DEFAULT_RULES, ClassRules, EventClass
-from agent.endpoints import (
-    Endpoint,
-    first_bind_clash,
-    http_endpoint,
-    parse_endpoint,
-    parse_http_bind,
+from agent.configendpoints import (
+    check_bind_clashes,
+    check_lane_endpoints,
+    lane_endpoints,
+    socket_endpoints,
 )
+from agent.configtable import ConfigError, Table, check_shape, show, value_keys
+from agent.endpoints import http_endpoint, parse_http_bind
 from agent.protected import first_exposure
-from agent.queues import CHUNK_BYTES
 from agent.settings import (
     SCALED_DEFAULT,
     AgentSettings,
@@ -85,8 +87,8 @@ from agent.settings import (
     Settings,
     SpillSettings,
     UpstreamSettings,
-    default_critical_reserve,
 )
+from agent.sizing import SPILL_MIN_BYTES, check_buffer_room, check_spill_room
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -172,33 +174,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
 }
 
 # Every dotted key that holds a value (not a table), in file order.
-_VALUE_KEYS: tuple[str, ...] = tuple(
-    f"{table}.{key}" if table else key
-    for table, keys in _TABLES.items()
-    for key in keys
-    if (f"{table}.{key}" if table else key) not in _TABLES
-)
-
-
-class ConfigError(Exception):
-    """The operator wrote a config the agent cannot run on.
-
-    `key` is the dotted key at fault ("ingest.max_frame_bytes"), or "" when the
-    file itself is the problem; `path` is the file when one was read.
-    """
-
-    def __init__(self, key: str, problem: str, *, path: str | None = None) -> None:
-        super().__init__(key, problem)
-        self.key = key
-        self.problem = problem
-        self.path = path
-
-    def __str__(self) -> str:
-        if self.key:
-            return f"{self.key}: {self.problem}"
-        if self.path is not None:
-            return f"{self.path}: {self.problem}"
-        return self.problem
+_VALUE_KEYS = value_keys(_TABLES)
 
 
 # ---------------------------------------------------------------------------
@@ -253,9 +229,9 @@ def parse_config(
     `base_dir` is the directory relative paths are resolved against; without
     it a relative path is an error.
     """
-    _check_shape("", doc)
+    check_shape(_TABLES, doc)
     base = None if base_dir is None else os.fspath(base_dir)
-    root = _Table("", doc)
+    root = Table("", doc)
     agent = _parse_agent(root.sub("agent"))
     ingest = _parse_ingest(root.sub("ingest"), base)
     upstream = _parse_upstream(root.sub("upstream"), base)
@@ -263,10 +239,10 @@ def parse_config(
     spill = _parse_spill(root.sub("spill"), base)
     http = _parse_http(root.sub("http"))
     classes = _parse_classes(root.sub("classes"))
-    _check_bind_clashes(ingest, upstream, http)
-    _check_lane_endpoints(ingest, upstream)
-    _check_buffer_room(root.sub("buffer"), buffer, ingest)
-    _check_spill_room(root.sub("spill"), spill, ingest)
+    check_bind_clashes(ingest, upstream, http)
+    check_lane_endpoints(ingest, upstream)
+    check_buffer_room(root.sub("buffer"), buffer, ingest)
+    check_spill_room(root.sub("spill"), spill, ingest)
     _check_protected_mode(ingest, upstream)
     return Settings(
         agent=agent,
@@ -312,262 +288,10 @@ def apply_reloadable(running: Settings, new: Settings) -> Settings:
 
 
 # ---------------------------------------------------------------------------
-# Shape: tables, unknown keys
-
-
-def _check_shape(table: str, doc: Mapping[str, Any]) -> None:
-    known = _TABLES[table]
-    for key, value in doc.items():
-        dotted = f"{table}.{key}" if table else key
-        if key not in known:
-            kind = "table" if isinstance(value, Mapping) else "key"
-            raise ConfigError(dotted, f"unknown {kind}{_suggestion(table, key)}")
-        if dotted in _TABLES:
-            if not isinstance(value, Mapping):
-                raise ConfigError(dotted, f"must be a table, got {_describe(value)}")
-            _check_shape(dotted, value)
-
-
-def _suggestion(table: str, key: str) -> str:
-    """ "; did you mean ingest.bind?" for a near miss among the siblings, else
-    for the same name in another table (`[ingest] budget_bytes`), else ""."""
-    close = difflib.get_close_matches(key, _TABLES[table], n=1, cutoff=0.6)
-    if close:
-        return f"; did you mean {table + '.' if table else ''}{close[0]}?"
-    elsewhere = [k for k in (*_VALUE_KEYS, *_TABLES) if k.rsplit(".", 1)[-1] == key]
-    if elsewhere:
-        return f"; did you mean {' or '.join(elsewhere)}?"
-    return ""
-
-
-# ---------------------------------------------------------------------------
-# Values
-
-
-def _toml_type(value: object) -> str:
-    # The operator wrote TOML, so speak TOML's type names. bool first: it is an int.
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, Mapping):
-        return "table"
-    if isinstance(value, datetime.datetime):
-        return "datetime"
-    if isinstance(value, datetime.date):
-        return "date"
-    if isinstance(value, datetime.time):
-        return "time"
-    return type(value).__name__
-
-
-def _show(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-    elif isinstance(value, Mapping):
-        return "{...}"
-    else:
-        text = repr(value)
-    # Long enough for any valid endpoint or path, short enough for one line of a log.
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _describe(value: object) -> str:
-    """`string "10"`: for a value of the wrong type, say what was given."""
-    if isinstance(value, Mapping):
-        return "table"
-    return f"{_toml_type(value)} {_show(value)}"
-
-
-class _Table:
-    """One table of the document being read: hands out validated values."""
-
-    def __init__(self, name: str, doc: Mapping[str, Any]) -> None:
-        self.name = name
-        self.doc = doc
-
-    def key(self, name: str) -> str:
-        return f"{self.name}.{name}" if self.name else name
-
-    def has(self, name: str) -> bool:
-        return name in self.doc
-
-    def sub(self, name: str) -> _Table:
-        # _check_shape has made sure that a sub-table, when present, is a table.
-        return _Table(self.key(name), self.doc.get(name, {}))
-
-    def fail(self, name: str, problem: str) -> NoReturn:
-        raise ConfigError(self.key(name), problem)
-
-    def integer(self, name: str, default: int, lo: int, hi: int | None) -> int:
-        if not self.has(name):
-            return default
-        value = self.doc[name]
-        want = f"an integer between {lo} and {hi}" if hi is not None else f"an integer >= {lo}"
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(name, f"must be {want}, got {_describe(value)}")
-        if value < lo or (hi is not None and value > hi):
-            self.fail(name, f"must be {want}, got {value}")
-        return value
-
-    def number(self, name: str, default: float, lo_excl: float, hi: float) -> float:
-        if not self.has(name):
-            return default
-        value = self.doc[name]
-        want = f"a number greater than {lo_excl:g} and at most {hi:g}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(name, f"must be {want}, got {_describe(value)}")
-        # Written so NaN fails too (every comparison with NaN is false).
-        if not (lo_excl < value <= hi):
-            self.fail(name, f"must be {want}, got {_show(value)}")
-        return float(value)
-
-    def string(self, name: str, default: str) -> str:
-        if not self.has(name):
-            return default
-        value = self.doc[name]
-        if not isinstance(value, str):
-            self.fail(name, f"must be a string, got {_describe(value)}")
-        if not value:
-            self.fail(name, "must not be empty")
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        if not self.has(name):
-            return default
-        value = self.doc[name]
-        if not isinstance(value, bool):
-            self.fail(name, f"must be true or false, got {_describe(value)}")
-        return value
-
-    def string_list(self, name: str) -> tuple[str, ...]:
-        value = self.doc[name]
-        if not isinstance(value, list):
-            # The likeliest slip: `bind = "tcp://..."` for `bind = ["tcp://..."]`.
-            hint = f" (write [{_show(value)}])" if isinstance(value, str) else ""
-            self.fail(name, f"must be an array of strings, got {_describe(value)}{hint}")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                self.fail(name, f"must be an array of strings, item {i} is {_describe(item)}")
-            if not item:
-                self.fail(name, f"must be an array of non-empty strings, item {i} is empty")
-        return tuple(value)
-
-    def path(self, name: str, base: str | None) -> str:
-        value = self.string(name, "")
-        if "\0" in value:
-            self.fail(name, "must not contain a NUL character")
-        if value.startswith("~"):
-            self.fail(name, f"{_show(value)}: '~' is not expanded here; write the full path")
-        if os.path.isabs(value):
-            return os.path.normpath(value)
-        if base is None:
-            self.fail(
-                name,
-                f"relative path {_show(value)} needs a base directory: write an absolute "
-                "path, or load the file with load_config (relative paths are resolved "
-                "against the config file's directory)",
-            )
-        return os.path.normpath(os.path.join(base, value))
-
-
-# ---------------------------------------------------------------------------
-# Endpoints (their syntax and clashes: agent/endpoints.py)
-
-
-def _endpoints(table: _Table, name: str, *, bind: bool) -> tuple[str, ...]:
-    texts = table.string_list(name)
-    for text in texts:
-        try:
-            parse_endpoint(text, bind=bind)
-        except ValueError as e:
-            table.fail(name, f"endpoint {_show(text)}: {e}")
-    return texts
-
-
-def _check_socket_endpoints(table: _Table, bind: tuple[str, ...], connect: tuple[str, ...]) -> None:
-    if not bind and not connect:
-        key = "connect" if table.has("connect") and not table.has("bind") else "bind"
-        table.fail(
-            key,
-            f"no endpoint: give at least one in {table.key('bind')} or {table.key('connect')}",
-        )
-    seen: dict[Endpoint, str] = {}
-    for name, texts in (("bind", bind), ("connect", connect)):
-        for text in texts:
-            ep = parse_endpoint(text, bind=name == "bind")
-            if ep in seen:
-                where = "listed twice" if seen[ep] == name else f"also in {table.key(seen[ep])}"
-                table.fail(name, f"endpoint {_show(text)} is {where}")
-            seen[ep] = name
-
-
-def _check_bind_clashes(
-    ingest: IngestSettings, upstream: UpstreamSettings, http: HttpSettings
-) -> None:
-    binds: list[tuple[str, Endpoint]] = []
-    for key, texts in (
-        ("ingest.bind", ingest.bind),
-        ("upstream.bind", upstream.bind),
-        ("ingest.priority_bind", ingest.priority_bind),
-    ):
-        binds += [(key, parse_endpoint(text, bind=True)) for text in texts]
-    binds.append(("http.bind", http_endpoint(http.host, http.port)))
-    clash = first_bind_clash(binds)
-    if clash is not None:
-        ep, earlier = clash.endpoint, clash.earlier
-        what = "the same path" if ep.scheme == "ipc" else f"port {ep.port}"
-        raise ConfigError(
-            clash.key,
-            f"{_show(ep.text)} clashes with {_show(earlier.text)} in {clash.earlier_key} "
-            f"({what}): the second bind would fail",
-        )
-
-
-def _check_lane_endpoints(ingest: IngestSettings, upstream: UpstreamSettings) -> None:
-    """A lane endpoint must be a place of its own: the same endpoint as any
-    other ZeroMQ endpoint of the agent (bind or connect) would make the agent
-    talk to itself, or share a collector's PUSH round-robin between the lane
-    and the bulk socket, which makes the lane meaningless. Bind clashes under a
-    wildcard are `_check_bind_clashes`'s.
-    Protected mode covers the lane's endpoints under [ingest]'s CURVE and
-    insecure_plaintext (agent/protected.py)."""
-    others: dict[Endpoint, str] = {}
-    for key, texts, bind in (
-        ("ingest.bind", ingest.bind, True),
-        ("ingest.connect", ingest.connect, False),
-        ("upstream.bind", upstream.bind, True),
-        ("upstream.connect", upstream.connect, False),
-    ):
-        for text in texts:
-            others.setdefault(parse_endpoint(text, bind=bind), key)
-    for key, texts, bind in (
-        ("ingest.priority_bind", ingest.priority_bind, True),
-        ("ingest.priority_connect", ingest.priority_connect, False),
-    ):
-        for text in texts:
-            ep = parse_endpoint(text, bind=bind)
-            if ep in others:
-                raise ConfigError(
-                    key,
-                    f"{_show(text)} is also in {others[ep]}: the alert lane needs an "
-                    "endpoint of its own",
-                )
-
-
-# ---------------------------------------------------------------------------
 # Tables
 
 
-def _parse_agent(t: _Table) -> AgentSettings:
+def _parse_agent(t: Table) -> AgentSettings:
     kwargs: dict[str, Any] = {}
     if t.has("id"):
         agent_id = t.string("id", "")
@@ -578,7 +302,7 @@ def _parse_agent(t: _Table) -> AgentSettings:
         if agent_id != agent_id.strip() or not agent_id.isprintable():
             t.fail(
                 "id",
-                f"must be printable without leading/trailing space, got {_show(agent_id)}",
+                f"must be printable without leading/trailing space, got {show(agent_id)}",
             )
         kwargs["id"] = agent_id
     if t.has("log_level"):
@@ -586,13 +310,13 @@ def _parse_agent(t: _Table) -> AgentSettings:
         if level not in LOG_LEVELS:
             t.fail(
                 "log_level",
-                f"must be one of {', '.join(LOG_LEVELS)}, got {_show(level)}",
+                f"must be one of {', '.join(LOG_LEVELS)}, got {show(level)}",
             )
         kwargs["log_level"] = level
     return AgentSettings(**kwargs)
 
 
-def _parse_curve(t: _Table, base: str | None) -> CurveSettings:
+def _parse_curve(t: Table, base: str | None) -> CurveSettings:
     secret, allowed = "secret_key_file", "allowed_keys_dir"
     # Half a CURVE setup would either fail at start or, worse, run a CURVE
     # server with no ZAP handler, which admits any client (FACTS.md).
@@ -606,40 +330,10 @@ def _parse_curve(t: _Table, base: str | None) -> CurveSettings:
     )
 
 
-def _socket_endpoints(
-    t: _Table, default_bind: tuple[str, ...], default_connect: tuple[str, ...]
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    connect = _endpoints(t, "connect", bind=False) if t.has("connect") else default_connect
-    if t.has("bind"):
-        bind = _endpoints(t, "bind", bind=True)
-    else:
-        # The default bind (loopback) applies only when no endpoint is given at
-        # all: `connect` alone must not also open a listening port.
-        bind = () if t.has("connect") else default_bind
-    _check_socket_endpoints(t, bind, connect)
-    return bind, connect
-
-
-def _lane_endpoints(t: _Table) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """`priority_bind` / `priority_connect`: optional (no endpoint, no lane),
-    otherwise the same syntax and the same "listed twice" rule as bind/connect."""
-    bind = _endpoints(t, "priority_bind", bind=True) if t.has("priority_bind") else ()
-    connect = _endpoints(t, "priority_connect", bind=False) if t.has("priority_connect") else ()
-    seen: dict[Endpoint, str] = {}
-    for name, texts in (("priority_bind", bind), ("priority_connect", connect)):
-        for text in texts:
-            ep = parse_endpoint(text, bind=name == "priority_bind")
-            if ep in seen:
-                where = "listed twice" if seen[ep] == name else f"also in {t.key(seen[ep])}"
-                t.fail(name, f"endpoint {_show(text)} is {where}")
-            seen[ep] = name
-    return bind, connect
-
-
-def _parse_ingest(t: _Table, base: str | None) -> IngestSettings:
+def _parse_ingest(t: Table, base: str | None) -> IngestSettings:
     d = IngestSettings()
-    bind, connect = _socket_endpoints(t, d.bind, d.connect)
-    priority_bind, priority_connect = _lane_endpoints(t)
+    bind, connect = socket_endpoints(t, d.bind, d.connect)
+    priority_bind, priority_connect = lane_endpoints(t)
     return IngestSettings(
         bind=bind,
         connect=connect,
@@ -664,9 +358,9 @@ def _parse_ingest(t: _Table, base: str | None) -> IngestSettings:
     )
 
 
-def _parse_upstream(t: _Table, base: str | None) -> UpstreamSettings:
+def _parse_upstream(t: Table, base: str | None) -> UpstreamSettings:
     d = UpstreamSettings()
-    bind, connect = _socket_endpoints(t, d.bind, d.connect)
+    bind, connect = socket_endpoints(t, d.bind, d.connect)
     return UpstreamSettings(
         bind=bind,
         connect=connect,
@@ -701,15 +395,15 @@ def _check_protected_mode(ingest: IngestSettings, upstream: UpstreamSettings) ->
         raise ConfigError(exposure.key, exposure.problem())
 
 
-def _parse_buffer(t: _Table) -> BufferSettings:
+def _parse_buffer(t: Table) -> BufferSettings:
     d = BufferSettings()
     # Bytes. Below 4 MiB the buffers cannot hold a max-size (default 1 MiB)
     # frame, one ingest burst and the working room besides (see
-    # `_check_buffer_room`); 64 GiB is past any gateway's RAM, so more is a typo.
+    # `check_buffer_room`, agent/sizing.py); 64 GiB is past any gateway's RAM, so more is a typo.
     budget = t.integer("budget_bytes", d.budget_bytes, 4 * MiB, 64 * GiB)
     # Bytes only critical events may use; by default a share of the budget
     # (settings.default_critical_reserve). Whether it fits is checked with the
-    # frame size in `_check_buffer_room`.
+    # frame size in `check_buffer_room`, agent/sizing.py.
     reserve = t.integer("critical_reserve_bytes", SCALED_DEFAULT, 0, None)
     # Seconds. 0 would give memory back after every burst and take it again on
     # the next (thrash); past an hour a burst's memory is effectively never
@@ -720,106 +414,12 @@ def _parse_buffer(t: _Table) -> BufferSettings:
     )
 
 
-# Bytes the non-critical classes need besides the critical reserve and a
-# max-size frame. The loop (agent/loop.py, _open_state) keeps one ingest burst
-# free below the non-critical limit: 64 KiB + a max-size frame + a 256 KiB
-# chunk per class (~1.06 MiB + the frame). What is left of the working room,
-# ~1.94 MiB or 7 chunks, is what the non-critical classes fill, publish from and
-# drain spilled data back into (a drain needs 2 chunks below the limit). Below
-# this the agent could spill but never drain.
-WORKING_ROOM = 3 * MiB
-
-
-def _buffer_fits(budget: int, reserve: int | None, frame: int) -> bool:
-    """The two rules a budget must meet. `reserve` None: the scaled default."""
-    if reserve is None:
-        reserve = default_critical_reserve(budget)
-    # Under half the budget, so the other three classes keep at least half.
-    return reserve * 2 < budget and budget >= reserve + frame + WORKING_ROOM
-
-
-def smallest_budget(reserve: int | None, frame: int) -> int:
-    """The smallest `buffer.budget_bytes` that fits `reserve` (None: the scaled
-    default) and a `frame`-byte max frame. Both rules only loosen as the budget
-    grows (the default reserve grows by 1/32 of it), so a bisection is exact."""
-    lo, hi = 1, 2 * (frame + WORKING_ROOM) + 4 * (reserve or 0) + 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _buffer_fits(mid, reserve, frame):
-            hi = mid
-        else:
-            lo = mid + 1
-    return max(lo, 4 * MiB)
-
-
-def _check_buffer_room(t: _Table, buffer: BufferSettings, ingest: IngestSettings) -> None:
-    """The budget must hold the critical reserve, a max-size frame, one ingest
-    burst and the working room: what the loop's governor relies on. The error
-    names every key involved, says which values are defaults, and gives the
-    smallest budget that would work with the others as they are."""
-    budget, reserve, frame = (
-        buffer.budget_bytes,
-        buffer.critical_reserve_bytes,
-        ingest.max_frame_bytes,
-    )
-    given_reserve = t.has("critical_reserve_bytes")
-    if _buffer_fits(budget, reserve if given_reserve else None, frame):
-        return
-    least = smallest_budget(reserve if given_reserve else None, frame)
-    budget_src = "" if t.has("budget_bytes") else " (the default)"
-    reserve_src = "" if given_reserve else " (the default: 1/32 of the budget, at most 16 MiB)"
-    # The ingest table is not at hand here: a frame size equal to the default
-    # is called the default, which is right unless it was written out.
-    frame_src = " (the default)" if frame == IngestSettings().max_frame_bytes else ""
-    fix = f"the smallest buffer.budget_bytes that works with these is {least}"
-    if reserve * 2 >= budget:
-        t.fail(
-            "critical_reserve_bytes",
-            f"must be less than half of buffer.budget_bytes: got {reserve}{reserve_src} "
-            f"with buffer.budget_bytes = {budget}{budget_src} (limit {(budget - 1) // 2}); "
-            f"{fix}, or lower buffer.critical_reserve_bytes",
-        )
-    need = reserve + frame + WORKING_ROOM
-    t.fail(
-        "budget_bytes",
-        f"{budget}{budget_src} is too small: it must hold buffer.critical_reserve_bytes "
-        f"= {reserve}{reserve_src} + ingest.max_frame_bytes = {frame}{frame_src} + "
-        f"{WORKING_ROOM} (working room) = {need}; {fix}, or lower "
-        f"ingest.max_frame_bytes" + (" or buffer.critical_reserve_bytes" if given_reserve else ""),
-    )
-
-
-# The smallest class ring gets 1/8 of spill.max_bytes (agent/spill/store.py)
-# and must hold at least two in-memory chunks (CHUNK_BYTES, 256 KiB, or one
-# max-size frame), or that class could never spill at all. The 64 KiB beyond
-# them is the 8 KiB header (DATA_OFFSET, agent/spill/format.py) of each eighth.
-SPILL_MIN_CHUNKS = 16
-SPILL_HEADERS_BYTES = 64 * KiB
-# The least spill.max_bytes any config can have (frames up to one chunk):
-# 4,259,840 bytes. Larger frames need more (_check_spill_room).
-SPILL_MIN_BYTES = SPILL_MIN_CHUNKS * CHUNK_BYTES + SPILL_HEADERS_BYTES
-
-
-def _check_spill_room(t: _Table, spill: SpillSettings, ingest: IngestSettings) -> None:
-    frame = ingest.max_frame_bytes
-    need = SPILL_MIN_CHUNKS * max(CHUNK_BYTES, frame) + SPILL_HEADERS_BYTES
-    if spill.max_bytes < need:
-        frame_src = " (the default)" if frame == IngestSettings().max_frame_bytes else ""
-        t.fail(
-            "max_bytes",
-            f"must be at least {SPILL_MIN_CHUNKS} x max({CHUNK_BYTES}, ingest.max_frame_bytes "
-            f"= {frame}{frame_src}) + {SPILL_HEADERS_BYTES} = {need} (the smallest class ring "
-            f"must hold two chunks), got {spill.max_bytes}; raise spill.max_bytes to {need}"
-            + ("" if frame <= CHUNK_BYTES else " or lower ingest.max_frame_bytes"),
-        )
-
-
-def _parse_spill(t: _Table, base: str | None) -> SpillSettings:
+def _parse_spill(t: Table, base: str | None) -> SpillSettings:
     d = SpillSettings()
     return SpillSettings(
         dir=t.path("dir", base) if t.has("dir") else d.dir,
         # Bytes, all rings together. At least SPILL_MIN_BYTES (two chunks in
-        # the smallest ring; larger frames need more: _check_spill_room). No
+        # the smallest ring; larger frames need more: agent/sizing.py). No
         # upper bound: the disk is the bound, and posix_fallocate reports
         # ENOSPC cleanly at start-up.
         max_bytes=t.integer("max_bytes", d.max_bytes, SPILL_MIN_BYTES, None),
@@ -831,7 +431,7 @@ def _parse_spill(t: _Table, base: str | None) -> SpillSettings:
     )
 
 
-def _write_through(t: _Table, default: tuple[str, ...]) -> tuple[str, ...]:
+def _write_through(t: Table, default: tuple[str, ...]) -> tuple[str, ...]:
     """`[spill] write_through`: class names, each at most once (any order; the
     agent applies them in class order). [] turns write-through off."""
     if not t.has("write_through"):
@@ -841,14 +441,14 @@ def _write_through(t: _Table, default: tuple[str, ...]) -> tuple[str, ...]:
         if name not in CLASS_NAMES:
             t.fail(
                 "write_through",
-                f"unknown class {_show(name)} (the classes: {', '.join(CLASS_NAMES)})",
+                f"unknown class {show(name)} (the classes: {', '.join(CLASS_NAMES)})",
             )
     if len(set(names)) != len(names):
         t.fail("write_through", "names a class twice")
     return tuple(n for n in CLASS_NAMES if n in names)
 
 
-def _parse_http(t: _Table) -> HttpSettings:
+def _parse_http(t: Table) -> HttpSettings:
     d = HttpSettings()
     allowed = d.allowed_hosts
     if t.has("allowed_hosts"):
@@ -858,7 +458,7 @@ def _parse_http(t: _Table) -> HttpSettings:
             if not all(c.isalnum() or c in "-." for c in name):
                 t.fail(
                     "allowed_hosts",
-                    f"item {i} {_show(name)} is not a host name (letters, digits, '-' and '.' "
+                    f"item {i} {show(name)} is not a host name (letters, digits, '-' and '.' "
                     "only; no scheme, port or path)",
                 )
     if not t.has("bind"):
@@ -867,7 +467,7 @@ def _parse_http(t: _Table) -> HttpSettings:
     try:
         host, port = parse_http_bind(text)
     except ValueError as e:
-        t.fail("bind", f"{_show(text)}: {e}")
+        t.fail("bind", f"{show(text)}: {e}")
     return HttpSettings(host=host, port=port, allowed_hosts=allowed)
 
 
@@ -883,7 +483,7 @@ def http_bind_warning(http: HttpSettings) -> str | None:
     host = http.host
     if host.lower() == "localhost":
         return None
-    shown = f"http.bind = {_show(http_endpoint(http.host, http.port).text)}"
+    shown = f"http.bind = {show(http_endpoint(http.host, http.port).text)}"
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -903,7 +503,7 @@ def http_bind_warning(http: HttpSettings) -> str | None:
     )
 
 
-def _parse_classes(t: _Table) -> ClassRules:
+def _parse_classes(t: Table) -> ClassRules:
     given: dict[EventClass, tuple[str, ...]] = {}
     claimed: dict[str, str] = {}  # type -> the key that lists it
     for cls in CLASSES:

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from agent.classes import CLASS_NAMES, DEFAULT_RULES, ClassRules, EventClass
 from agent.config import (
     RELOADABLE,
-    SPILL_MIN_BYTES,
     ConfigError,
     changed_keys,
     load_config,
@@ -38,6 +37,7 @@ from agent.settings import (
     SpillSettings,
     UpstreamSettings,
 )
+from agent.sizing import SPILL_MIN_BYTES
 from agent.spill.format import DATA_OFFSET
 from agent.spill.store import ring_sizes
 
@@ -892,7 +892,7 @@ def valid_documents(draw: st.DrawFn) -> tuple[dict[str, dict[str, Any]], Setting
     b = expected.buffer
     reserve = maybe("buffer", "critical_reserve_bytes", st.integers(0, 32 * GiB - 1))
     # Both rules: the reserve under half the budget, and working room left
-    # besides the reserve and a max-size frame (config.WORKING_ROOM). Left
+    # besides the reserve and a max-size frame (sizing.WORKING_ROOM). Left
     # out, the reserve is 1/32 of the budget, at most 16 MiB.
     if reserve is None:
         room = ingest.max_frame_bytes + 3 * MiB
@@ -927,7 +927,7 @@ def valid_documents(draw: st.DrawFn) -> tuple[dict[str, dict[str, Any]], Setting
         max_bytes=pick(
             "spill",
             "max_bytes",
-            # config.SPILL_MIN_CHUNKS chunks of 256 KiB or a max-size frame.
+            # sizing.SPILL_MIN_CHUNKS chunks of 256 KiB or a max-size frame.
             st.integers(16 * max(256 * 1024, ingest.max_frame_bytes) + 65536, 2**50),
             s.max_bytes,
         ),
@@ -1116,7 +1116,7 @@ def test_4_mib_needs_a_smaller_frame_and_says_so() -> None:
     st.integers(64, 16 * MiB),  # the max_frame_bytes ceiling
 )
 def test_the_smallest_budget_named_is_exactly_the_boundary(reserve: int | None, frame: int) -> None:
-    from agent.config import smallest_budget
+    from agent.sizing import smallest_budget
 
     least = smallest_budget(reserve, frame)
     doc: dict[str, Any] = {"ingest": {"max_frame_bytes": frame}, "buffer": {}}
