@@ -72,7 +72,7 @@ log = logging.getLogger("agent.spill")
 
 # The fixed shares of max_bytes of the rings before the one budget, in eighths
 # (critical, high, normal, low). Kept only as the smallest max_bytes check
-# (`ring_sizes`, and config.py's SPILL_MIN_BYTES, which is derived from it).
+# (`ring_sizes`, and agent/sizing.py's SPILL_MIN_BYTES, which is derived from it).
 RING_SHARES = (1, 1, 3, 3)
 _SHARE_UNIT = sum(RING_SHARES)
 # Smallest ring we create: 64 KiB of data holds a few 16 KiB chunks; less than
