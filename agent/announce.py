@@ -1,10 +1,11 @@
-"""What the agent says about itself when it starts and when it reloads.
+"""What the agent says about itself: at start, at a reload, on evictions, at stop.
 
 Owns: the start-up lines that let a technician find everything (issue 12 item
-7: the config file, the spill dir, which ingest core runs, every endpoint), the
-last line of a stop (what was delivered, parked and lost), and the SIGHUP
-decision (what a reload applies, what needs a restart). Pure: the
-loop passes in what it opened and applies what `plan_reload` returns.
+7: the config file, the spill dir, which ingest core runs, every endpoint),
+what a start recovered, evictions, the last line of a stop (what was
+delivered, parked and lost), and the SIGHUP decision (what a reload applies,
+what needs a restart). Pure: the loop passes in what it opened and applies
+what `plan_reload` returns.
 
 Promises: the lines name every endpoint as configured (binds before
 connects), the HTTP address as actually bound; a reload never changes a key
@@ -18,6 +19,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+from agent.classes import EventClass
 from agent.config import RELOADABLE, apply_reloadable, changed_keys
 from agent.routes import BACKPRESSURE_PATH
 from agent.settings import Settings
@@ -56,6 +58,24 @@ def startup_lines(
         f"http http://{f'[{host}]' if ':' in host else host}:{port}{BACKPRESSURE_PATH}"
     )
     return where, endpoints
+
+
+def recovery_line(pending_events: int, corrupt_records: int) -> str:
+    """What a start found in the spill files."""
+    return (
+        f"spill recovery: {pending_events} events pending on disk, "
+        f"{corrupt_records} corrupt records skipped"
+    )
+
+
+def eviction_lines(dropped_by_class: Sequence[int]) -> list[str]:
+    """One line per class that lost events since the last report (the loop
+    reports at most once a second: per chunk would be hundreds a second)."""
+    return [
+        f"memory and spill both full: evicted {n} oldest {EventClass(cls).wire_name} events"
+        for cls, n in enumerate(dropped_by_class)
+        if n
+    ]
 
 
 def stopped_line(delivered: int, parked: int, lost: int) -> tuple[int, str]:

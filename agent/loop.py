@@ -44,7 +44,13 @@ import zmq
 
 import agent
 from agent import fastpath, memory
-from agent.announce import plan_reload, startup_lines, stopped_line
+from agent.announce import (
+    eviction_lines,
+    plan_reload,
+    recovery_line,
+    startup_lines,
+    stopped_line,
+)
 from agent.batching import (
     IN_FLIGHT_TARGET_S,
     BatchPolicy,
@@ -84,12 +90,7 @@ PUBLISH_MAX_SENDS = 64
 BLOCKED_RETRY_S = 0.00025
 IDLE_POLL_S = 0.1
 FLUSH_STEP_BYTES = 4 * 1024 * 1024
-# A shrink returns pooled chunks to the OS in steps of this many bytes, one
-# step a turn: unmapping touched chunks costs ~0.23 ms per MiB here, so the
-# 450 MiB a brownout leaves took 105 ms in one go (an alert waited 132 ms
-# behind it, bench/brownout.py); 8 MiB steps are ~2 ms each.
-TRIM_STEP_BYTES = 8 * 1024 * 1024
-TRIM_POLL_S = 0.005  # the wait between steps while a shrink is under way
+SHRINK_POLL_S = 0.005  # the wait between steps while a shrink is under way (memory.Shrink)
 SNAPSHOT_EVERY_S = 0.25
 # While ingest is paused it is not polled; look again this soon.
 PAUSED_POLL_S = 0.01
@@ -307,9 +308,7 @@ class Agent:
         self._pending_since: list[float | None] = [None] * len(CLASSES)
         self._next_snapshot = 0.0
         self._next_flush = 0.0
-        # A shrink under way: pooled bytes to keep, and what it has freed so far.
-        self._trim_to: int | None = None
-        self._trimmed = 0
+        self.shrink = memory.Shrink()
         self._next_drop_log = 0.0
         interval = self.notifier.watchdog_interval_s()
         # Ping at half the interval (sd_watchdog_enabled(3)).
@@ -317,11 +316,7 @@ class Agent:
         self._next_watchdog = 0.0
         stats = self.store.statistics()
         if stats.pending_events or stats.corrupt_records:
-            log.info(
-                "spill recovery: %d events pending on disk, %d corrupt records skipped",
-                stats.pending_events,
-                stats.corrupt_records,
-            )
+            log.info("%s", recovery_line(stats.pending_events, stats.corrupt_records))
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stop_requested = True
@@ -420,8 +415,8 @@ class Agent:
         if self.paused:
             # Ingest is not polled while paused; look again soon.
             timeout = min(timeout, PAUSED_POLL_S)
-        if self._trim_to is not None:
-            timeout = min(timeout, TRIM_POLL_S)
+        if self.shrink.active:
+            timeout = min(timeout, SHRINK_POLL_S)
         if self._blocked_until > now:
             return min(timeout, self._blocked_until - now)
         deliverable = self.upstream.deliverable
@@ -585,39 +580,20 @@ class Agent:
             self._next_flush = now + self.settings.spill.flush_interval_ms / 1000
         if now >= self._next_drop_log:
             self._next_drop_log = now + DROP_LOG_EVERY_S
-            for cls, n in enumerate(self.telemetry.take_unlogged_drops()):
-                if n:
-                    log.warning(
-                        "memory and spill both full: evicted %d oldest %s events",
-                        n,
-                        EventClass(cls).wire_name,
-                    )
+            for line in eviction_lines(self.telemetry.take_unlogged_drops()):
+                log.warning("%s", line)
         if now >= self._next_snapshot:
             self.telemetry.update_drain_rate(now)
             pool = self.queues.pool
             keep = self.governor.observe(now, pool.in_use_bytes, pool.allocated_bytes)
             if keep is not None:
-                self._trim_to = keep
-        if self._trim_to is not None:
-            self._trim_step()
+                self.shrink.start(keep)
+        if self.shrink.active and (freed := self.shrink.step(self.queues.pool)):
+            log.info("buffers shrunk: %d bytes returned to the OS", freed)
         if now >= self._next_snapshot:
             self._publish_snapshot(now)
             self.history.record(self.snapshot(), now)  # one sample a second
             self._next_snapshot = now + SNAPSHOT_EVERY_S
-
-    def _trim_step(self) -> None:
-        """One bounded step of giving pooled chunks back (TRIM_STEP_BYTES);
-        the last one also returns the heap's free tail (malloc_trim)."""
-        assert self._trim_to is not None
-        pool = self.queues.pool
-        self._trimmed += pool.trim(self._trim_to, TRIM_STEP_BYTES)
-        if pool.pooled_bytes > self._trim_to:
-            return
-        memory.trim()
-        if self._trimmed:
-            log.info("buffers shrunk: %d bytes returned to the OS", self._trimmed)
-        self._trim_to = None
-        self._trimmed = 0
 
     def _publish_snapshot(self, now: float) -> None:
         """Swap in a fresh snapshot for the HTTP thread. Only called once

@@ -72,3 +72,16 @@ def test_a_reload_applies_the_reloadable_keys_and_lists_the_rest() -> None:
     assert plan.settings.ingest.rcvhwm == 100  # not applied: keeps running as it is
     assert plan_reload(plan.settings, new).applied == ()  # nothing left to apply
     assert dataclasses.replace(plan.settings) == plan.settings
+
+
+def test_recovery_and_eviction_lines() -> None:
+    from agent.announce import eviction_lines, recovery_line
+
+    assert recovery_line(5000, 2) == (
+        "spill recovery: 5000 events pending on disk, 2 corrupt records skipped"
+    )
+    assert eviction_lines([0, 0, 12, 3]) == [
+        "memory and spill both full: evicted 12 oldest normal events",
+        "memory and spill both full: evicted 3 oldest low events",
+    ]
+    assert eviction_lines([0, 0, 0, 0]) == []
