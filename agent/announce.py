@@ -78,6 +78,17 @@ def eviction_lines(dropped_by_class: Sequence[int]) -> list[str]:
     ]
 
 
+def paused_line(paused: bool, in_use_bytes: int, budget_bytes: int) -> tuple[int, str]:
+    """(log level, text) when ingest stops or resumes being read."""
+    if not paused:
+        return logging.INFO, "ingest resumed"
+    return (
+        logging.WARNING,
+        f"buffers full ({in_use_bytes} bytes in use, budget {budget_bytes}) and critical "
+        "events fill the spill ring: not reading ingest until there is room",
+    )
+
+
 def stopped_line(delivered: int, parked: int, lost: int) -> tuple[int, str]:
     """(log level, text) of the last line of a stop: ERROR when anything was
     lost (only possible when a class's spill share is full at that moment)."""

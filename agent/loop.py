@@ -46,6 +46,7 @@ import agent
 from agent import fastpath, memory
 from agent.announce import (
     eviction_lines,
+    paused_line,
     plan_reload,
     recovery_line,
     startup_lines,
@@ -486,15 +487,7 @@ class Agent:
         self.paused = paused
         for pull in self.ingest.pulls:
             self._poller.modify(pull.sock, 0 if paused else zmq.POLLIN)
-        if paused:
-            log.warning(
-                "buffers full (%d bytes in use, budget %d) and critical events fill "
-                "the spill ring: not reading ingest until there is room",
-                self.queues.pool.in_use_bytes,
-                self.governor.budget_bytes,
-            )
-        else:
-            log.info("ingest resumed")
+        log.log(*paused_line(paused, self.queues.pool.in_use_bytes, self.governor.budget_bytes))
 
     # -- publish -----------------------------------------------------------------
 

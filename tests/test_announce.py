@@ -85,3 +85,11 @@ def test_recovery_and_eviction_lines() -> None:
         "memory and spill both full: evicted 3 oldest low events",
     ]
     assert eviction_lines([0, 0, 0, 0]) == []
+
+
+def test_the_pause_line_warns_and_the_resume_informs() -> None:
+    from agent.announce import paused_line
+
+    level, text = paused_line(True, 1000, 2000)
+    assert level == logging.WARNING and "1000 bytes in use, budget 2000" in text
+    assert paused_line(False, 0, 2000) == (logging.INFO, "ingest resumed")
