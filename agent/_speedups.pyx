@@ -625,6 +625,25 @@ cdef class BurstReader:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
 
+    cdef bint _skip_rest(self, void* sock) except -1:
+        """Read and drop the rest of a multipart message (while _in_multipart).
+        True once it is gone; False if its next frame is not there yet (EAGAIN,
+        EINTR: the next read() goes on); any other error raises."""
+        cdef ea_zmq_msg_t msg
+        cdef int rc, err
+        while self._in_multipart:
+            self._init(&msg)
+            rc = self._recv(&msg, sock, EA_ZMQ_DONTWAIT)
+            if rc < 0:
+                err = self._errno()
+                self._close(&msg)
+                if err == EAGAIN or err == EINTR:
+                    return False
+                raise self._error(err)
+            self._in_multipart = self._more(&msg) != 0
+            self._close(&msg)
+        return True
+
     def read(self):
         """Up to max_frames messages / max_bytes bytes that are already there, without waiting.
 
@@ -646,17 +665,8 @@ cdef class BurstReader:
         cdef object frame
         # The tail of a multipart message whose rest was not there last time
         # (libzmq delivers messages atomically: not expected, but bounded).
-        while self._in_multipart:
-            self._init(&msg)
-            rc = self._recv(&msg, sock, EA_ZMQ_DONTWAIT)
-            if rc < 0:
-                err = self._errno()
-                self._close(&msg)
-                if err == EAGAIN or err == EINTR:
-                    return frames, multipart
-                raise self._error(err)
-            self._in_multipart = self._more(&msg) != 0
-            self._close(&msg)
+        if not self._skip_rest(sock):
+            return frames, multipart
         while attempts < self.max_frames:
             attempts += 1
             self._init(&msg)
@@ -671,17 +681,8 @@ cdef class BurstReader:
                 self._close(&msg)
                 multipart += 1
                 self._in_multipart = True
-                while self._in_multipart:
-                    self._init(&msg)
-                    rc = self._recv(&msg, sock, EA_ZMQ_DONTWAIT)
-                    if rc < 0:
-                        err = self._errno()
-                        self._close(&msg)
-                        if err == EAGAIN or err == EINTR:
-                            return frames, multipart
-                        raise self._error(err)
-                    self._in_multipart = self._more(&msg) != 0
-                    self._close(&msg)
+                if not self._skip_rest(sock):
+                    return frames, multipart
                 continue
             size = self._size(&msg)
             try:
